@@ -1,0 +1,98 @@
+"""Exceptions raised by dxf-celery.
+
+Every error the framework raises on purpose derives from :class:`DXFError`, so callers can
+catch the framework's errors without catching driver or programming errors by accident.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from dxf_celery.proto import Task
+
+
+class DXFError(Exception):
+    """Base class of every error dxf-celery raises on purpose."""
+
+
+class InvalidTaskError(DXFError, ValueError):
+    """The caller passed something the framework cannot store (empty key, bad meta, ...)."""
+
+
+class TaskNotFoundError(DXFError, LookupError):
+    """No task with that id or key (in the live table, or also in history where asked)."""
+
+    def __init__(self, message: str = "task not found") -> None:
+        super().__init__(message)
+
+
+class TaskAlreadyExistsError(DXFError):
+    """A task with that key exists already, live or in history; keys are never reused."""
+
+
+class TaskStateNotAllowedError(DXFError):
+    """The task is not in a state that allows the requested change."""
+
+
+class TaskChangedError(DXFError):
+    """The task changed state under a compare-and-set that needed it unchanged."""
+
+
+class SubtaskNotFoundError(DXFError, LookupError):
+    """The subtask is gone or now belongs to another node (its exec_id changed)."""
+
+    def __init__(self, message: str = "subtask not found") -> None:
+        super().__init__(message)
+
+
+class UnstableSubtasksError(DXFError):
+    """A batched step switch found more subtasks than planned: the plan is not deterministic."""
+
+
+class NonIdempotentSubtaskError(DXFError):
+    """A subtask was found ``running`` after a crash and its type cannot run it twice."""
+
+    def __init__(self, message: str = "subtask in running state and is not idempotent") -> None:
+        super().__init__(message)
+
+
+class CancelSubtaskError(DXFError):
+    """Cancel cause that makes the running subtask end ``canceled`` (the task is reverting)."""
+
+    def __init__(self, message: str = "cancel subtasks") -> None:
+        super().__init__(message)
+
+
+class UnknownTaskTypeError(DXFError):
+    """No executor or scheduler is registered for the task's type on this process."""
+
+
+class StorageUnavailableError(DXFError, ConnectionError):
+    """The database could not be reached; the message names the URL without its password."""
+
+
+class TaskFailedError(DXFError):
+    """A waited-for task ended ``failed`` or ``reverted``; ``.task`` holds the final row."""
+
+    def __init__(self, task: Task) -> None:
+        self.task = task
+        detail = f": {task.error}" if task.error is not None else ""
+        super().__init__(f"task {task.id} ({task.key!r}) ended {task.state.value}{detail}")
+
+
+__all__ = [
+    "CancelSubtaskError",
+    "DXFError",
+    "InvalidTaskError",
+    "NonIdempotentSubtaskError",
+    "StorageUnavailableError",
+    "SubtaskNotFoundError",
+    "TaskAlreadyExistsError",
+    "TaskChangedError",
+    "TaskFailedError",
+    "TaskNotFoundError",
+    "TaskStateNotAllowedError",
+    "UnknownTaskTypeError",
+    "UnstableSubtasksError",
+]

@@ -1,0 +1,165 @@
+"""Engines tuned per database, and the translation of driver errors into DXF errors.
+
+SQLite needs the most care: WAL so readers never block the writer, a busy timeout, and
+``BEGIN IMMEDIATE`` for write transactions so two writers queue on the lock instead of
+failing when a read lock cannot be upgraded.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TypeVar
+
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.pool import StaticPool
+
+from dxf_celery.errors import DXFError, StorageUnavailableError
+
+T = TypeVar("T")
+
+#: Seconds SQLite waits for the write lock before giving up.
+SQLITE_BUSY_TIMEOUT = 30.0
+#: A transaction that hit a deadlock or serialization failure is replayed this many times.
+DEADLOCK_RETRIES = 8
+
+
+class StorageSchemaError(DXFError):
+    """The dxf tables are missing or out of date."""
+
+
+def safe_url(url: str | URL) -> str:
+    """The URL as text with its password masked, fit for error messages and logs."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def is_sqlite(engine: Engine) -> bool:
+    return engine.dialect.name == "sqlite"
+
+
+def build_engines(url: str | URL) -> tuple[Engine, Engine]:
+    """Return ``(read_engine, write_engine)`` for ``url``; they are the same but on SQLite."""
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        return _sqlite_engine(parsed, immediate=False), _sqlite_engine(parsed, immediate=True)
+    kwargs: dict[str, object] = {"pool_pre_ping": True, "pool_size": 10, "max_overflow": 20}
+    if backend in ("mysql", "mariadb"):
+        # READ COMMITTED avoids InnoDB gap locks, the usual cause of insert deadlocks.
+        kwargs["isolation_level"] = "READ COMMITTED"
+        kwargs["pool_recycle"] = 3600
+    engine = create_engine(parsed, **kwargs)  # type: ignore[arg-type]
+    return engine, engine
+
+
+def _sqlite_engine(url: URL, *, immediate: bool) -> Engine:
+    in_memory = url.database in (None, "", ":memory:")
+    if in_memory:
+        # One shared connection, or every thread would see its own empty database.
+        engine = create_engine(
+            url, poolclass=StaticPool, connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT}
+        )
+    else:
+        engine = create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT}, pool_size=10, max_overflow=20
+        )
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record):  # type: ignore[no-untyped-def]
+        # Take transaction control away from the sqlite3 module, which begins lazily.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        if not in_memory:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT * 1000)}")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine
+
+
+_DEADLOCK_MARKERS = (
+    "deadlock",  # PostgreSQL 40P01, MySQL 1213
+    "could not serialize",  # PostgreSQL 40001
+    "lock wait timeout",  # MySQL 1205
+    "database is locked",  # SQLite past its busy timeout
+    "database table is locked",
+)
+_MISSING_TABLE_MARKERS = ("no such table", "doesn't exist", "does not exist", "undefinedtable")
+
+
+def is_transient_error(err: BaseException) -> bool:
+    """True for errors that a later retry may not meet: lost connections, deadlocks, locks."""
+    if isinstance(err, StorageUnavailableError):
+        return True
+    if isinstance(err, sa_exc.DBAPIError):
+        if err.connection_invalidated:
+            return True
+        text = str(err.orig).lower()
+        if any(m in text for m in _DEADLOCK_MARKERS):
+            return True
+        return isinstance(err, (sa_exc.OperationalError, sa_exc.InterfaceError))
+    return isinstance(err, (ConnectionError, TimeoutError))
+
+
+def _is_deadlock(err: sa_exc.DBAPIError) -> bool:
+    text = str(err.orig).lower()
+    return any(m in text for m in _DEADLOCK_MARKERS)
+
+
+def translate(err: sa_exc.DBAPIError, url: str) -> DXFError:
+    """Turn a driver error into a DXF error that says what to check."""
+    text = str(err.orig)
+    lowered = text.lower()
+    if isinstance(err, (sa_exc.ProgrammingError, sa_exc.OperationalError)) and any(
+        m in lowered for m in _MISSING_TABLE_MARKERS
+    ) and ("table" in lowered or "relation" in lowered):
+        return StorageSchemaError(
+            f"the dxf tables are missing in {url} ({text.strip()}); create them with "
+            f"`celery -A <app> dxf migrate` or dxf_celery.storage.migrate(url)"
+        )
+    if isinstance(err, (sa_exc.OperationalError, sa_exc.InterfaceError)) or err.connection_invalidated:
+        return StorageUnavailableError(
+            f"cannot use the database at {url}: {text.strip()}. Check that the server is running and "
+            f"reachable, and that dxf_database_url (host, port, user, database) is right."
+        )
+    return StorageUnavailableError(f"database error at {url}: {text.strip()}")
+
+
+@contextmanager
+def translated_errors(url: str) -> Iterator[None]:
+    """Re-raise driver errors (except integrity errors, which callers handle) as DXF errors."""
+    try:
+        yield
+    except sa_exc.IntegrityError:
+        raise
+    except sa_exc.DBAPIError as err:
+        raise translate(err, url) from err
+
+
+def run_transaction(engine: Engine, url: str, fn: Callable[[Connection], T]) -> T:
+    """Run ``fn`` in one transaction, replaying it on deadlocks, translating other errors."""
+    delay = 0.01
+    for attempt in range(DEADLOCK_RETRIES):
+        try:
+            with translated_errors(url), engine.begin() as conn:
+                return fn(conn)
+        except StorageUnavailableError as err:
+            cause = err.__cause__
+            if (
+                isinstance(cause, sa_exc.DBAPIError)
+                and _is_deadlock(cause)
+                and attempt < DEADLOCK_RETRIES - 1
+            ):
+                time.sleep(delay)
+                delay = min(delay * 2, 0.5)
+                continue
+            raise
+    raise AssertionError("unreachable")  # pragma: no cover

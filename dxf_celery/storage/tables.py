@@ -1,0 +1,142 @@
+"""The SQL tables of dxf-celery, as typed SQLAlchemy 2.0 declarative models.
+
+The schema mirrors DXF's tables (``tidb_global_task``, ``tidb_background_subtask``, their
+history twins and ``dist_framework_meta``) with a heartbeat on the node table and a lease
+table for the single scheduler. The metadata is private to dxf-celery so applications can
+list it next to their own in Alembic's ``target_metadata``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import BigInteger, DateTime, Index, Integer, LargeBinary, MetaData, String, Text, UniqueConstraint
+from sqlalchemy.dialects import mysql
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+#: Auto-increment ids: BIGINT everywhere but SQLite, whose rowid alias must be INTEGER.
+Id = BigInteger().with_variant(Integer(), "sqlite")
+#: Microsecond timestamps (MySQL's DATETIME has whole seconds unless told otherwise), naive UTC.
+Timestamp = DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+#: Opaque payloads of any size (MySQL's BLOB stops at 64 KiB).
+Blob = LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")
+#: JSON or error text that may outgrow MySQL's 64 KiB TEXT.
+LongText = Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class _TaskColumns:
+    """Columns shared by the live task table and its history."""
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    task_key: Mapped[str] = mapped_column(String(256), nullable=False)
+    type: Mapped[str] = mapped_column(String(256), nullable=False)
+    state: Mapped[str] = mapped_column(String(64), nullable=False)
+    step: Mapped[int] = mapped_column(Integer, nullable=False)
+    priority: Mapped[int] = mapped_column(Integer, nullable=False)
+    concurrency: Mapped[int] = mapped_column(Integer, nullable=False)
+    target_scope: Mapped[str] = mapped_column(String(256), nullable=False, default="")
+    max_node_count: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    extra_params: Mapped[str | None] = mapped_column(Text, nullable=True)
+    meta: Mapped[bytes | None] = mapped_column(Blob, nullable=True)
+    error: Mapped[str | None] = mapped_column(LongText, nullable=True)
+    modify_params: Mapped[str | None] = mapped_column(Text, nullable=True)
+    create_time: Mapped[datetime] = mapped_column(Timestamp, nullable=False)
+    start_time: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+    state_update_time: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+    end_time: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+
+
+class TaskRow(_TaskColumns, Base):
+    __tablename__ = "dxf_task"
+    __table_args__ = (
+        UniqueConstraint("task_key", name="uq_dxf_task_task_key"),
+        Index("ix_dxf_task_state", "state"),
+    )
+
+
+class TaskHistoryRow(_TaskColumns, Base):
+    __tablename__ = "dxf_task_history"
+    __table_args__ = (
+        UniqueConstraint("task_key", name="uq_dxf_task_history_task_key"),
+        Index("ix_dxf_task_history_state", "state"),
+    )
+
+
+class _SubtaskColumns:
+    """Columns shared by the live subtask table and its history."""
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    task_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    step: Mapped[int] = mapped_column(Integer, nullable=False)
+    type: Mapped[str] = mapped_column(String(256), nullable=False)
+    exec_id: Mapped[str] = mapped_column(String(261), nullable=False)
+    state: Mapped[str] = mapped_column(String(64), nullable=False)
+    concurrency: Mapped[int] = mapped_column(Integer, nullable=False)
+    ordinal: Mapped[int] = mapped_column(Integer, nullable=False)
+    meta: Mapped[bytes] = mapped_column(Blob, nullable=False)
+    summary: Mapped[str] = mapped_column(LongText, nullable=False)
+    checkpoint: Mapped[str] = mapped_column(LongText, nullable=False)
+    error: Mapped[str | None] = mapped_column(LongText, nullable=True)
+    create_time: Mapped[datetime] = mapped_column(Timestamp, nullable=False)
+    start_time: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+    state_update_time: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+    end_time: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+
+
+class SubtaskRow(_SubtaskColumns, Base):
+    __tablename__ = "dxf_subtask"
+    __table_args__ = (
+        UniqueConstraint("task_id", "step", "ordinal", name="uq_dxf_subtask_task_step_ordinal"),
+        Index("ix_dxf_subtask_exec_state", "exec_id", "state"),
+        Index("ix_dxf_subtask_task_step_state", "task_id", "step", "state"),
+    )
+
+
+class SubtaskHistoryRow(_SubtaskColumns, Base):
+    __tablename__ = "dxf_subtask_history"
+    __table_args__ = (
+        Index("ix_dxf_subtask_history_task_id", "task_id"),
+        Index("ix_dxf_subtask_history_state_update_time", "state_update_time"),
+    )
+
+
+class NodeRow(Base):
+    """A worker node (DXF's ``dist_framework_meta``) plus its last heartbeat."""
+
+    __tablename__ = "dxf_node"
+
+    host: Mapped[str] = mapped_column(String(261), primary_key=True)
+    role: Mapped[str] = mapped_column(String(64), nullable=False, default="")
+    cpu_count: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    heartbeat: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+
+
+class LeaseRow(Base):
+    """An expiring lease, e.g. who runs the scheduler pass right now."""
+
+    __tablename__ = "dxf_lease"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(261), nullable=False)
+    expires_at: Mapped[datetime] = mapped_column(Timestamp, nullable=False)
+
+
+metadata = Base.metadata
+task_table = TaskRow.__table__
+task_history_table = TaskHistoryRow.__table__
+subtask_table = SubtaskRow.__table__
+subtask_history_table = SubtaskHistoryRow.__table__
+node_table = NodeRow.__table__
+lease_table = LeaseRow.__table__

@@ -9,8 +9,20 @@ list it next to their own in Alembic's ``target_metadata``.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import cast
 
-from sqlalchemy import BigInteger, DateTime, Index, Integer, LargeBinary, MetaData, String, Text, UniqueConstraint
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -134,9 +146,10 @@ class LeaseRow(Base):
 
 
 metadata = Base.metadata
-task_table = TaskRow.__table__
-task_history_table = TaskHistoryRow.__table__
-subtask_table = SubtaskRow.__table__
-subtask_history_table = SubtaskHistoryRow.__table__
-node_table = NodeRow.__table__
-lease_table = LeaseRow.__table__
+# Core handles on the tables (declarative types them as FromClause; they are Tables).
+task_table = cast(Table, TaskRow.__table__)
+task_history_table = cast(Table, TaskHistoryRow.__table__)
+subtask_table = cast(Table, SubtaskRow.__table__)
+subtask_history_table = cast(Table, SubtaskHistoryRow.__table__)
+node_table = cast(Table, NodeRow.__table__)
+lease_table = cast(Table, LeaseRow.__table__)

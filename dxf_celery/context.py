@@ -3,14 +3,19 @@
 DXF nests lifetimes (node manager > task executor > step > subtask > helper loops) and
 cancels a level with a *cause* that decides what happens to the subtask row. Each context
 is an event plus a weak set of children: cancelling walks the subtree once, so no thread is
-ever needed per context, and an abandoned child is garbage collected.
+ever needed per context, and an abandoned child is garbage collected. A context with
+``on_cancel`` callbacks is the exception: its ancestors hold it until it is cancelled, so a
+callback is never lost because nobody kept a reference to the context.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import weakref
 from collections.abc import Callable
+
+logger = logging.getLogger(__name__)
 
 
 class ContextCancelledError(Exception):
@@ -23,7 +28,7 @@ class ContextCancelledError(Exception):
 class Context:
     """A node of the cancellation tree. Thread-safe; cancelling is idempotent."""
 
-    __slots__ = ("_event", "_lock", "_cause", "_children", "_callbacks", "_parent", "__weakref__")
+    __slots__ = ("__weakref__", "_callbacks", "_cause", "_children", "_event", "_lock", "_parent", "_pinned")
 
     def __init__(self, parent: Context | None = None) -> None:
         self._event = threading.Event()
@@ -31,6 +36,8 @@ class Context:
         self._cause: BaseException | None = None
         self._children: weakref.WeakSet[Context] = weakref.WeakSet()
         self._callbacks: list[Callable[[BaseException], None]] = []
+        # Children with callbacks (or with such descendants), held strongly until cancelled.
+        self._pinned: set[Context] = set()
         self._parent = parent
         if parent is not None:
             parent._adopt(self)
@@ -65,6 +72,7 @@ class Context:
             self._event.set()
             children = list(self._children)
             self._children.clear()
+            self._pinned.clear()
             callbacks, self._callbacks = self._callbacks, []
             parent = self._parent
             self._parent = None
@@ -73,22 +81,37 @@ class Context:
         for child in children:
             child.cancel(self._cause)
         for callback in callbacks:
-            callback(self._cause)
+            _run_callback(callback, self._cause)
         return True
 
     def _forget(self, child: Context) -> None:
         with self._lock:
             self._children.discard(child)
+            self._pinned.discard(child)
+
+    def _pin(self) -> None:
+        """Make every ancestor hold this context strongly (it has callbacks to run)."""
+        child, parent = self, self._parent
+        while parent is not None:
+            with parent._lock:
+                # A cancelled child is (being) forgotten by its parent: never pin it back.
+                if parent._event.is_set() or child._event.is_set() or child in parent._pinned:
+                    return
+                parent._pinned.add(child)
+            child, parent = parent, parent._parent
 
     def on_cancel(self, callback: Callable[[BaseException], None]) -> None:
         """Call ``callback(cause)`` once when cancelled (at once if it already is)."""
         with self._lock:
-            if not self._event.is_set():
+            live = not self._event.is_set()
+            if live:
                 self._callbacks.append(callback)
-                return
             cause = self._cause
+        if live:
+            self._pin()
+            return
         assert cause is not None
-        callback(cause)
+        _run_callback(callback, cause)
 
     def done(self) -> bool:
         """True once cancelled."""
@@ -112,6 +135,14 @@ class Context:
     def __repr__(self) -> str:
         state = f"cancelled: {self._cause!r}" if self.done() else "live"
         return f"<Context {state}>"
+
+
+def _run_callback(callback: Callable[[BaseException], None], cause: BaseException) -> None:
+    """A failing callback must not stop the others nor surface in whoever called cancel()."""
+    try:
+        callback(cause)
+    except Exception:
+        logger.exception("on_cancel callback %r failed", callback)
 
 
 def background() -> Context:

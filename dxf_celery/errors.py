@@ -72,6 +72,14 @@ class StorageUnavailableError(DXFError, ConnectionError):
     """The database could not be reached; the message names the URL without its password."""
 
 
+class StorageSchemaError(DXFError):
+    """The dxf tables are missing or out of date: run the migration."""
+
+
+class StorageDataError(DXFError, ValueError):
+    """The database refused a value or statement (too long, wrong type): not worth a retry."""
+
+
 class TaskFailedError(DXFError):
     """A waited-for task ended ``failed`` or ``reverted``; ``.task`` holds the final row."""
 
@@ -86,6 +94,8 @@ __all__ = [
     "DXFError",
     "InvalidTaskError",
     "NonIdempotentSubtaskError",
+    "StorageDataError",
+    "StorageSchemaError",
     "StorageUnavailableError",
     "SubtaskNotFoundError",
     "TaskAlreadyExistsError",

@@ -9,7 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from sqlalchemy import Engine
-from sqlalchemy.engine import URL
+from sqlalchemy.engine import URL, make_url
+
+from dxf_celery.errors import StorageUnavailableError
+from dxf_celery.storage.engine import safe_url, translated_errors
 
 #: Alembic version table of dxf-celery (not ``alembic_version``, which the application may own).
 VERSION_TABLE = "dxf_alembic_version"
@@ -28,8 +31,21 @@ def alembic_config(url: str | URL) -> object:
     return cfg
 
 
+def _parsed(url: str | URL) -> URL:
+    try:
+        return make_url(url)
+    except Exception as err:
+        raise StorageUnavailableError(
+            "dxf_database_url is not a valid SQLAlchemy URL; "
+            "use e.g. postgresql+psycopg://user:password@host:5432/dbname or sqlite:///path/dxf.db"
+        ) from err
+
+
 def migrate(url: str | URL | Engine, revision: str = "head") -> None:
-    """Upgrade the database at ``url`` to ``revision`` (default: the newest)."""
+    """Upgrade the database at ``url`` to ``revision`` (default: the newest).
+
+    Driver errors come out as DXF errors naming the URL without its password.
+    """
     from alembic import command
     from alembic.config import Config
 
@@ -37,13 +53,15 @@ def migrate(url: str | URL | Engine, revision: str = "head") -> None:
         engine = url
         cfg = alembic_config(engine.url)
         assert isinstance(cfg, Config)
-        with engine.begin() as conn:
+        with translated_errors(safe_url(engine.url), engine.url.password), engine.begin() as conn:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, revision)
         return
-    cfg = alembic_config(url)
+    parsed = _parsed(url)
+    cfg = alembic_config(parsed)
     assert isinstance(cfg, Config)
-    command.upgrade(cfg, revision)
+    with translated_errors(safe_url(parsed), parsed.password):
+        command.upgrade(cfg, revision)
 
 
 def downgrade(url: str | URL, revision: str = "base") -> None:
@@ -51,6 +69,8 @@ def downgrade(url: str | URL, revision: str = "base") -> None:
     from alembic import command
     from alembic.config import Config
 
-    cfg = alembic_config(url)
+    parsed = _parsed(url)
+    cfg = alembic_config(parsed)
     assert isinstance(cfg, Config)
-    command.downgrade(cfg, revision)
+    with translated_errors(safe_url(parsed), parsed.password):
+        command.downgrade(cfg, revision)

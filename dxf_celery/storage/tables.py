@@ -75,6 +75,9 @@ class TaskRow(_TaskColumns, Base):
     __table_args__ = (
         UniqueConstraint("task_key", name="uq_dxf_task_task_key"),
         Index("ix_dxf_task_state", "state"),
+        # Without AUTOINCREMENT SQLite reuses the ids of deleted rows, and a task moved to
+        # history would share its id with a new live task.
+        {"sqlite_autoincrement": True},
     )
 
 
@@ -113,6 +116,8 @@ class SubtaskRow(_SubtaskColumns, Base):
         UniqueConstraint("task_id", "step", "ordinal", name="uq_dxf_subtask_task_step_ordinal"),
         Index("ix_dxf_subtask_exec_state", "exec_id", "state"),
         Index("ix_dxf_subtask_task_step_state", "task_id", "step", "state"),
+        # Ids must never be reused: subtask history keeps them as its primary key.
+        {"sqlite_autoincrement": True},
     )
 
 

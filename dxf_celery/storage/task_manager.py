@@ -8,8 +8,11 @@ a silent no-op except in :meth:`TaskManager.start_subtask` and
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
@@ -37,6 +40,7 @@ from dxf_celery.proto import (
     PAUSABLE_TASK_STATES,
     STEP_DONE,
     STEP_INIT,
+    TASK_DONE_STATES,
     UNFINISHED_TASK_STATES,
     ExtraParams,
     ManagedNode,
@@ -52,7 +56,7 @@ from dxf_celery.proto import (
     serialize_error,
     validate_priority,
 )
-from dxf_celery.storage.engine import build_engines, is_sqlite, run_transaction, safe_url
+from dxf_celery.storage.engine import build_engines, is_memory_sqlite, is_sqlite, run_transaction, safe_url
 from dxf_celery.storage.tables import (
     lease_table,
     node_table,
@@ -64,12 +68,17 @@ from dxf_celery.storage.tables import (
 
 T = TypeVar("T")
 
+logger = logging.getLogger(__name__)
+
 #: Subtask history older than this is deleted by :meth:`TaskManager.gc_subtasks` (DXF: 14 days).
 DEFAULT_SUBTASK_KEEP_SECONDS = 14 * 24 * 3600.0
 #: A batched step switch inserts at most this many bytes of subtask meta per transaction.
 MAX_SUBTASK_BATCH_BYTES = 16 * 1024 * 1024
 #: Longest task key the table holds.
 MAX_KEY_LENGTH = 256
+#: Longest task type and target scope the table holds.
+MAX_TYPE_LENGTH = 256
+MAX_SCOPE_LENGTH = 256
 
 _ACTIVE = (SubtaskState.PENDING.value, SubtaskState.RUNNING.value)
 
@@ -187,14 +196,20 @@ class TaskManager:
             self.read_engine, self.write_engine = build_engines(url_or_engine)
         self.url = safe_url(self.write_engine.url)
         self._sqlite = is_sqlite(self.write_engine)
+        # ``sqlite://`` is one shared connection: transactions from two threads would interleave.
+        self._lock: contextlib.AbstractContextManager[Any] = (
+            threading.RLock() if is_memory_sqlite(self.write_engine) else contextlib.nullcontext()
+        )
 
     # ------------------------------------------------------------------ plumbing
 
     def _write(self, fn: Callable[[Connection], T]) -> T:
-        return run_transaction(self.write_engine, self.url, fn)
+        with self._lock:
+            return run_transaction(self.write_engine, self.url, fn)
 
     def _read(self, fn: Callable[[Connection], T]) -> T:
-        return run_transaction(self.read_engine, self.url, fn)
+        with self._lock:
+            return run_transaction(self.read_engine, self.url, fn)
 
     def dispose(self) -> None:
         """Close every pooled connection (call before forking or at shutdown)."""
@@ -231,17 +246,28 @@ class TaskManager:
             raise InvalidTaskError("task key must be a non-empty string; it names the task and makes submit idempotent")
         if len(key) > MAX_KEY_LENGTH:
             raise InvalidTaskError(f"task key is {len(key)} characters long; the limit is {MAX_KEY_LENGTH}")
-        if not isinstance(task_type, str) or not task_type:
+        if not isinstance(task_type, str) or not task_type.strip():
             raise InvalidTaskError("task type must be a non-empty string naming a registered task type")
+        if len(task_type) > MAX_TYPE_LENGTH:
+            raise InvalidTaskError(f"task type is {len(task_type)} characters long; the limit is {MAX_TYPE_LENGTH}")
+        if not isinstance(target_scope, str) or len(target_scope) > MAX_SCOPE_LENGTH:
+            raise InvalidTaskError(
+                f"target_scope must be a string of at most {MAX_SCOPE_LENGTH} characters naming a node role "
+                f"('' = any node), got {target_scope!r:.80}"
+            )
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise InvalidTaskError(f"concurrency must be an int >= 1 (slots per node), got {concurrency!r}")
-        if not isinstance(max_node_count, int) or max_node_count < 0:
+        if isinstance(max_node_count, bool) or not isinstance(max_node_count, int) or max_node_count < 0:
             raise InvalidTaskError(f"max_node_count must be an int >= 0 (0 = no limit), got {max_node_count!r}")
         try:
             validate_priority(priority)
         except ValueError as err:
             raise InvalidTaskError(str(err)) from None
         meta = _check_meta(meta)
+        if extra_params is not None and not isinstance(extra_params, ExtraParams):
+            raise InvalidTaskError(
+                f"extra_params must be a dxf_celery.proto.ExtraParams, got {type(extra_params).__name__}"
+            )
         params = extra_params or ExtraParams()
 
         def txn(conn: Connection) -> int:
@@ -252,7 +278,9 @@ class TaskManager:
                     f"lower concurrency or give the nodes more slots (dxf_node_slots)"
                 )
             if conn.execute(select(task_history_table.c.id).where(task_history_table.c.task_key == key)).first():
-                raise TaskAlreadyExistsError(f"task key {key!r} was used by a finished task (in history); pick a new key")
+                raise TaskAlreadyExistsError(
+                    f"task key {key!r} was used by a finished task (in history); pick a new key"
+                )
             now = utcnow()
             result = conn.execute(
                 insert(task_table).values(
@@ -583,6 +611,11 @@ class TaskManager:
     # ------------------------------------------------------------------ step switch
 
     def _subtask_rows(self, task: TaskBase, step: int, subtasks: Sequence[Subtask]) -> list[dict[str, Any]]:
+        ordinals = [s.ordinal for s in subtasks]
+        if len(set(ordinals)) != len(ordinals):
+            raise InvalidTaskError(
+                f"subtask ordinals of task {task.id} step {step} repeat; number them 1..n, one per subtask"
+            )
         now = utcnow()
         return [
             {
@@ -633,7 +666,9 @@ class TaskManager:
         try:
             return self._write(txn)
         except sa_exc.IntegrityError:
-            # Another scheduler inserted these ordinals first: its switch stands.
+            # Our guarded update held the task row, so the clash is with rows left by an
+            # earlier batched attempt of the same step: that plan stands, ours is dropped.
+            logger.warning("subtasks of task %s step %s exist already; step switch skipped", task.id, next_step)
             return False
 
     def switch_task_step_in_batch(
@@ -656,20 +691,23 @@ class TaskManager:
             raise UnstableSubtasksError(f"expected {len(rows)} subtasks for step {next_step}, found {existing}")
         pos = existing
         while pos < len(rows):
-            batch: list[dict[str, Any]] = []
-            size = 0
-            while pos + len(batch) < len(rows) and (not batch or size + len(rows[pos + len(batch)]["meta"]) <= MAX_SUBTASK_BATCH_BYTES):
-                size += len(rows[pos + len(batch)]["meta"])
-                batch.append(rows[pos + len(batch)])
+            end, size = pos, 0
+            while end < len(rows) and (end == pos or size + len(rows[end]["meta"]) <= MAX_SUBTASK_BATCH_BYTES):
+                size += len(rows[end]["meta"])
+                end += 1
+            batch = rows[pos:end]
             try:
                 self._write(lambda conn, b=batch: conn.execute(insert(subtask_table), b))  # type: ignore[misc]
-                pos += len(batch)
+                pos = end
             except sa_exc.IntegrityError:
-                pos = count_existing()
-                if pos > len(rows):
+                # A concurrent scheduler inserted some of them: skip what exists now.
+                found = count_existing()
+                if found > len(rows) or found <= pos:
+                    # More rows than planned, or rows that are not a prefix of our plan.
                     raise UnstableSubtasksError(
-                        f"expected {len(rows)} subtasks for step {next_step}, found {pos}"
+                        f"expected {len(rows)} subtasks for step {next_step}, found {found} that do not match"
                     ) from None
+                pos = found
         return self._write(lambda conn: self._switch_task_update(conn, task, next_state, next_step))
 
     # ------------------------------------------------------------------ subtasks: executor side
@@ -811,7 +849,7 @@ class TaskManager:
                 subtask_table.c.exec_id == exec_id,
                 subtask_table.c.state.in_(_ACTIVE),
             )
-            .values(state=SubtaskState.PAUSED.value)
+            .values(state=SubtaskState.PAUSED.value, state_update_time=utcnow())
         )
         return int(self._write(lambda conn: conn.execute(stmt).rowcount))
 
@@ -881,7 +919,7 @@ class TaskManager:
         return self._read(lambda conn: {r[0]: int(r[1]) for r in conn.execute(stmt)})
 
     def get_active_subtasks(self, task_id: int) -> list[SubtaskBase]:
-        """pending/running subtasks of a task, every step, running ones first then by id."""
+        """pending/running subtasks of a task, every step, by id (the balancer groups them)."""
         cols = [subtask_table.c[c] for c in _SUBTASK_BASE_COLUMNS]
         stmt = (
             select(*cols)
@@ -921,7 +959,7 @@ class TaskManager:
         stmt = (
             update(subtask_table)
             .where(subtask_table.c.task_id == task_id, subtask_table.c.state == SubtaskState.PAUSED.value)
-            .values(state=SubtaskState.PENDING.value, error=None)
+            .values(state=SubtaskState.PENDING.value, error=None, state_update_time=utcnow())
         )
         return int(self._write(lambda conn: conn.execute(stmt).rowcount))
 
@@ -957,7 +995,11 @@ class TaskManager:
     def get_all_subtasks_by_step_and_state(self, task_id: int, step: int, state: SubtaskState) -> list[Subtask]:
         stmt = (
             select(subtask_table)
-            .where(subtask_table.c.task_id == task_id, subtask_table.c.step == step, subtask_table.c.state == state.value)
+            .where(
+                subtask_table.c.task_id == task_id,
+                subtask_table.c.step == step,
+                subtask_table.c.state == state.value,
+            )
             .order_by(subtask_table.c.ordinal)
         )
         return self._read(lambda conn: [_subtask_from_row(r) for r in conn.execute(stmt)])
@@ -1009,19 +1051,33 @@ class TaskManager:
     # ------------------------------------------------------------------ history and GC
 
     def transfer_tasks_to_history(self, tasks: Sequence[Task]) -> int:
-        """Move finished tasks (meta as given, e.g. redacted) and their subtasks to history."""
+        """Move finished tasks (meta as given, e.g. redacted) and their subtasks to history.
+
+        Only tasks still live and done (succeed/reverted/failed) move; the meta update locks
+        each row first, so two cleaners racing on the same task move it once. Returns the
+        number of tasks moved.
+        """
         if not tasks:
             return 0
-        ids = [t.id for t in tasks]
+        metas = {t.id: _check_meta(t.meta) for t in tasks}
         task_cols = [c.name for c in task_table.columns]
         sub_cols = [c.name for c in subtask_table.columns]
+        done = _values(TASK_DONE_STATES)
 
         def txn(conn: Connection) -> int:
             now = utcnow()
-            for t in tasks:
-                conn.execute(
-                    update(task_table).where(task_table.c.id == t.id).values(meta=_check_meta(t.meta), state_update_time=now)
-                )
+            ids = [
+                task_id
+                for task_id, meta in metas.items()
+                if conn.execute(
+                    update(task_table)
+                    .where(task_table.c.id == task_id, task_table.c.state.in_(done))
+                    .values(meta=meta, state_update_time=now)
+                ).rowcount
+                > 0
+            ]
+            if not ids:
+                return 0
             conn.execute(
                 insert(subtask_history_table).from_select(
                     sub_cols, select(*[subtask_table.c[c] for c in sub_cols]).where(subtask_table.c.task_id.in_(ids))

@@ -49,7 +49,8 @@ def upgrade() -> None:
     sa.Column('state_update_time', sa.DateTime().with_variant(mysql.DATETIME(fsp=6), 'mariadb').with_variant(mysql.DATETIME(fsp=6), 'mysql'), nullable=True),
     sa.Column('end_time', sa.DateTime().with_variant(mysql.DATETIME(fsp=6), 'mariadb').with_variant(mysql.DATETIME(fsp=6), 'mysql'), nullable=True),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_dxf_subtask')),
-    sa.UniqueConstraint('task_id', 'step', 'ordinal', name='uq_dxf_subtask_task_step_ordinal')
+    sa.UniqueConstraint('task_id', 'step', 'ordinal', name='uq_dxf_subtask_task_step_ordinal'),
+    sqlite_autoincrement=True,
     )
     with op.batch_alter_table('dxf_subtask', schema=None) as batch_op:
         batch_op.create_index('ix_dxf_subtask_exec_state', ['exec_id', 'state'], unique=False)
@@ -97,7 +98,8 @@ def upgrade() -> None:
     sa.Column('state_update_time', sa.DateTime().with_variant(mysql.DATETIME(fsp=6), 'mariadb').with_variant(mysql.DATETIME(fsp=6), 'mysql'), nullable=True),
     sa.Column('end_time', sa.DateTime().with_variant(mysql.DATETIME(fsp=6), 'mariadb').with_variant(mysql.DATETIME(fsp=6), 'mysql'), nullable=True),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_dxf_task')),
-    sa.UniqueConstraint('task_key', name='uq_dxf_task_task_key')
+    sa.UniqueConstraint('task_key', name='uq_dxf_task_task_key'),
+    sqlite_autoincrement=True,
     )
     with op.batch_alter_table('dxf_task', schema=None) as batch_op:
         batch_op.create_index('ix_dxf_task_state', ['state'], unique=False)

@@ -1,0 +1,84 @@
+"""run_with_retry: transient errors retried with backoff, others raised at once."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from dxf_celery.context import Context
+from dxf_celery.errors import StorageUnavailableError, TaskNotFoundError
+from dxf_celery.retry import ExponentialBackoff, run_with_retry
+
+FAST = ExponentialBackoff(0.001, 2.0, 0.004)
+
+
+def test_backoff_doubles_up_to_the_cap() -> None:
+    b = ExponentialBackoff(3.0, 2.0, 30.0)
+    assert [b.delay(i) for i in range(6)] == [3.0, 6.0, 12.0, 24.0, 30.0, 30.0]
+    assert b.delay(10_000) == 30.0
+    with pytest.raises(ValueError):
+        b.delay(-1)
+
+
+def test_transient_errors_are_retried_until_success() -> None:
+    calls = []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise StorageUnavailableError("db down")
+        return "ok"
+
+    assert run_with_retry(flaky, max_retry=5, backoff=FAST) == "ok"
+    assert len(calls) == 3
+
+
+def test_non_transient_error_is_raised_at_once() -> None:
+    calls = []
+
+    def missing() -> None:
+        calls.append(1)
+        raise TaskNotFoundError()
+
+    with pytest.raises(TaskNotFoundError):
+        run_with_retry(missing, max_retry=5, backoff=FAST)
+    assert len(calls) == 1
+
+
+def test_last_error_after_max_retries() -> None:
+    calls = []
+
+    def down() -> None:
+        calls.append(1)
+        raise ConnectionError(f"attempt {len(calls)}")
+
+    with pytest.raises(ConnectionError, match="attempt 4"):
+        run_with_retry(down, max_retry=4, backoff=FAST)
+
+
+def test_cancelled_context_stops_the_wait() -> None:
+    ctx = Context.background()
+    started = threading.Event()
+
+    def down() -> None:
+        started.set()
+        raise ConnectionError("down")
+
+    threading.Thread(target=lambda: (started.wait(), ctx.cancel(RuntimeError("shutting down"))), daemon=True).start()
+    with pytest.raises(RuntimeError, match="shutting down"):
+        run_with_retry(down, ctx=ctx, max_retry=30, backoff=ExponentialBackoff(60.0, 2.0, 60.0))
+
+
+def test_custom_classifier_and_bad_arguments() -> None:
+    calls = []
+
+    def f() -> int:
+        calls.append(1)
+        if len(calls) == 1:
+            raise KeyError("x")
+        return 7
+
+    assert run_with_retry(f, is_retryable=lambda e: isinstance(e, KeyError), backoff=FAST) == 7
+    with pytest.raises(ValueError):
+        run_with_retry(f, max_retry=0)

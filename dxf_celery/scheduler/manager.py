@@ -1,0 +1,256 @@
+"""The scheduler manager: one pass = node upkeep, per-task state machines, balancing, cleanup.
+
+A pass is a plain function call (:meth:`Manager.schedule_once`) so that Celery beat can drive
+it on any worker; a database lease makes one owner run it at a time, and a crashed owner is
+replaced once its lease expires. The lease is only an optimisation: every write of a pass is
+a compare-and-set and subtask ordinals are unique, so two owners at once (a lease taken over
+mid-pass, a network partition) cannot plan a step twice or apply a transition twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from dxf_celery.context import Context
+from dxf_celery.errors import DXFError, TaskNotFoundError, UnknownTaskTypeError
+from dxf_celery.proto import TaskBase, TaskState
+from dxf_celery.scheduler.balancer import Balancer
+from dxf_celery.scheduler.cleanup import cleanup_finished_tasks, gc_subtask_history
+from dxf_celery.scheduler.interfaces import Scheduler
+from dxf_celery.scheduler.nodes import NodeManager
+from dxf_celery.scheduler.param import Param, SchedulerIntervals
+from dxf_celery.scheduler.register import SchedulerFactory, get_scheduler_factory
+from dxf_celery.scheduler.slots import SlotManager
+from dxf_celery.storage import TaskManager
+
+logger = logging.getLogger(__name__)
+
+#: Name of the database lease the scheduler pass runs under.
+LEASE_NAME = "scheduler"
+#: Lease that spaces the subtask history GC over the whole cluster.
+GC_LEASE_NAME = "scheduler-subtask-gc"
+
+_RESOURCE_STATES = (TaskState.PENDING, TaskState.RUNNING, TaskState.RESUMING)
+
+
+@dataclass
+class _Entry:
+    scheduler: Scheduler
+    #: The task as reserved, to undo exactly that reservation.
+    reserved: TaskBase
+    exec_id: str
+    allocated: bool
+
+
+class Manager:
+    """Runs scheduler passes for the whole cluster while it holds the lease."""
+
+    def __init__(
+        self,
+        task_manager: TaskManager,
+        *,
+        owner_id: str,
+        lease_ttl: float = 5.0,
+        intervals: SchedulerIntervals | None = None,
+    ) -> None:
+        if not owner_id:
+            raise ValueError("owner_id must name this scheduler instance (e.g. the worker's nodename)")
+        self.task_manager = task_manager
+        self.owner_id = owner_id
+        self.lease_ttl = lease_ttl
+        self.intervals = intervals or SchedulerIntervals()
+        self.ctx = Context.background()
+        self.node_manager = NodeManager(task_manager)
+        self.slot_manager = SlotManager()
+        self.balancer = Balancer(task_manager, self.node_manager, self.slot_manager)
+        self._schedulers: dict[int, _Entry] = {}
+        self._pass_lock = threading.Lock()
+        self._last_balance = -math.inf
+        self._last_cleanup = -math.inf
+        self._last_gc = -math.inf
+        self._cleanup_due = True
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ public
+
+    def schedule_once(self) -> bool:
+        """Run one full pass if this instance holds (or can take) the lease.
+
+        Returns whether it held the lease. Safe to call from several threads or processes.
+        """
+        with self._pass_lock:
+            try:
+                held = self.task_manager.try_acquire_lease(LEASE_NAME, self.owner_id, self.lease_ttl)
+            except DXFError as err:
+                logger.warning("scheduler %s could not reach the lease: %s", self.owner_id, err)
+                held = False
+            if not held:
+                self._drop_all()
+                return False
+            self._run_pass()
+            return True
+
+    def start(self) -> None:
+        """Run :meth:`schedule_once` every ``intervals.schedule`` seconds in a thread."""
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name=f"dxf-scheduler-{self.owner_id}", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the loop, drop every scheduler and give the lease up for a fast takeover."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        self.release()
+
+    def release(self) -> None:
+        """Give up the lease (at shutdown) so another owner takes over at once."""
+        with self._pass_lock:
+            self._drop_all()
+            try:
+                self.task_manager.release_lease(LEASE_NAME, self.owner_id)
+            except DXFError as err:
+                logger.warning("scheduler %s could not release its lease: %s", self.owner_id, err)
+
+    def scheduled_task_ids(self) -> list[int]:
+        """Ids of the tasks that currently have a scheduler here (for inspection and tests)."""
+        return sorted(self._schedulers)
+
+    # ------------------------------------------------------------------ the pass
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.schedule_once()
+            except Exception:
+                logger.exception("scheduler pass failed")
+            self._stop.wait(self.intervals.schedule)
+
+    def _run_pass(self) -> None:
+        iv = self.intervals
+        now = time.monotonic()
+        self._guarded("node manager", self._maintain_nodes)
+        self._guarded("scheduler manager", self._schedule_tasks)
+        if now - self._last_balance >= iv.balance:
+            self._last_balance = now
+            self._guarded("balancer", lambda: self.balancer.balance(self._ranked_schedulers()))
+        if self._cleanup_due or now - self._last_cleanup >= iv.cleanup:
+            self._cleanup_due = False
+            self._last_cleanup = now
+            self._guarded("cleanup", lambda: cleanup_finished_tasks(self.ctx, self.task_manager))
+        if now - self._last_gc >= iv.gc_subtasks:
+            self._last_gc = now
+            self._guarded("subtask history gc", self._gc_subtasks)
+
+    def _guarded(self, what: str, fn: Callable[[], object]) -> None:
+        try:
+            fn()
+        except DXFError as err:
+            logger.warning("scheduler %s: %s failed: %s", self.owner_id, what, err)
+        except Exception:
+            logger.exception("scheduler %s: %s failed", self.owner_id, what)
+
+    def _gc_subtasks(self) -> None:
+        # The GC lease spans the whole interval and a fresh owner id never extends it, so the
+        # GC runs once per interval cluster-wide, even for short-lived managers or owner changes.
+        owner = f"{self.owner_id[:200]}:{uuid.uuid4().hex}"
+        if self.task_manager.try_acquire_lease(GC_LEASE_NAME, owner, self.intervals.gc_subtasks):
+            gc_subtask_history(self.task_manager, self.intervals.subtask_keep_seconds)
+
+    def _maintain_nodes(self) -> None:
+        self.node_manager.maintain_live_nodes(self.intervals.node_ttl)
+        self.node_manager.refresh_nodes()
+
+    def _ranked_schedulers(self) -> list[Scheduler]:
+        entries = sorted(self._schedulers.values(), key=lambda e: e.scheduler.get_task().rank_key())
+        return [e.scheduler for e in entries]
+
+    def _schedule_tasks(self) -> None:
+        tm = self.task_manager
+        limit = self.intervals.max_concurrent_tasks
+        self.slot_manager.update(self.node_manager.get_nodes(), tm.get_used_slots_on_nodes())
+        allocated = sum(1 for e in self._schedulers.values() if e.allocated)
+        # When saturated, still serve the states that need no slots (cancel, pause, revert, modify).
+        tasks = tm.get_top_no_need_resource_tasks() if allocated >= limit else tm.get_top_unfinished_tasks()
+        for base in tasks:
+            if base.id in self._schedulers:
+                continue
+            factory = get_scheduler_factory(base.type)
+            if factory is None:
+                err = UnknownTaskTypeError(
+                    f"unknown task type {base.type!r}: register a scheduler factory for it "
+                    f"(register_scheduler_factory) in the process that runs the scheduler"
+                )
+                logger.warning("task %d: %s", base.id, err)
+                tm.fail_task(base.id, base.state, err)
+                self._cleanup_due = True
+                continue
+            exec_id, needs_slots = "", base.state in _RESOURCE_STATES
+            if needs_slots:
+                if allocated >= limit:
+                    continue
+                exec_id, ok = self.slot_manager.can_reserve(base)
+                if not ok:
+                    continue  # a lower-ranked task may still fit
+            if self._start_scheduler(base, factory, needs_slots, exec_id) and needs_slots:
+                allocated += 1
+        for sched in self._ranked_schedulers():
+            task_id = sched.get_task().id
+            try:
+                keep = sched.schedule_task()
+            except DXFError as err:
+                logger.warning("task %d: scheduling failed, retrying next pass: %s", task_id, err)
+                keep = True
+            except Exception:
+                logger.exception("task %d: scheduling failed, retrying next pass", task_id)
+                keep = True
+            if not keep:
+                self._drop(task_id)
+                self._cleanup_due = True
+
+    def _start_scheduler(self, base: TaskBase, factory: SchedulerFactory, allocated: bool, exec_id: str) -> bool:
+        tm = self.task_manager
+        try:
+            task = tm.get_task_by_id(base.id)
+        except TaskNotFoundError:
+            return False
+        ctx = self.ctx.child()
+        param = Param(tm, self.node_manager, self.slot_manager, self.owner_id, allocated, self.intervals)
+        try:
+            sched = factory(ctx, task, param)
+            sched.init()
+        except Exception as err:
+            logger.warning("task %d: scheduler init failed, failing the task: %s", task.id, err)
+            ctx.cancel()
+            tm.fail_task(task.id, task.state, err)
+            self._cleanup_due = True
+            return False
+        if allocated:
+            self.slot_manager.reserve(base, exec_id)
+        self._schedulers[task.id] = _Entry(sched, base, exec_id, allocated)
+        return True
+
+    def _drop(self, task_id: int) -> None:
+        entry = self._schedulers.pop(task_id, None)
+        if entry is None:
+            return
+        if entry.allocated:
+            self.slot_manager.unreserve(entry.reserved, entry.exec_id)
+        try:
+            entry.scheduler.close()
+        except Exception:
+            logger.exception("task %d: scheduler close failed", task_id)
+
+    def _drop_all(self) -> None:
+        for task_id in list(self._schedulers):
+            self._drop(task_id)

@@ -1,0 +1,63 @@
+"""Tunables of the scheduler, and what a per-task scheduler receives from its manager."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from dxf_celery.proto import MAX_CONCURRENT_TASKS
+
+if TYPE_CHECKING:
+    from dxf_celery.scheduler.nodes import NodeManager
+    from dxf_celery.scheduler.slots import SlotManager
+    from dxf_celery.storage import TaskManager
+
+#: A step whose subtask metas add up to at least this many bytes is inserted in several
+#: transactions (DXF: 80% of the transaction size limit).
+DEFAULT_BATCH_SWITCH_BYTES = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class SchedulerIntervals:
+    """Seconds between the scheduler's periodic jobs (DXF's defaults).
+
+    ``schedule`` paces the thread loop; the other jobs run on the first pass after their
+    interval elapsed, so they are never more frequent than the passes themselves.
+    """
+
+    #: One full pass (state machines, nodes, balancer, cleanup) every this many seconds.
+    schedule: float = 0.5
+    #: Rebalance subtasks over live nodes.
+    balance: float = 1.5
+    #: A node whose heartbeat is older than this is deleted and its subtasks move.
+    node_ttl: float = 10.0
+    #: Move finished tasks to history (also on the pass after a task finishes).
+    cleanup: float = 600.0
+    #: Delete old subtask history.
+    gc_subtasks: float = 86400.0
+    #: Subtask history rows older than this are deleted (DXF: 14 days).
+    subtask_keep_seconds: float = 14 * 86400.0
+    #: At most this many tasks hold slots at once.
+    max_concurrent_tasks: int = MAX_CONCURRENT_TASKS
+    #: Plans with this many meta bytes or more are inserted in batches.
+    batch_switch_bytes: int = DEFAULT_BATCH_SWITCH_BYTES
+
+    @classmethod
+    def fast(cls) -> SchedulerIntervals:
+        """Short intervals for tests and local clusters: everything happens within a second."""
+        return cls(schedule=0.05, balance=0.1, node_ttl=1.0, cleanup=0.5)
+
+
+@dataclass
+class Param:
+    """What the manager hands every per-task scheduler it creates."""
+
+    task_manager: TaskManager
+    node_manager: NodeManager
+    slot_manager: SlotManager
+    #: The owner id of the scheduler manager (for logs).
+    server_id: str
+    #: False for schedulers started for a no-resource state (cancelling, pausing, ...):
+    #: such a scheduler exits when the task returns to a state that needs slots.
+    allocated_slots: bool
+    intervals: SchedulerIntervals

@@ -1,0 +1,202 @@
+"""The ``dxf_*`` settings of a Celery app, read once into one typed, validated object.
+
+Settings live in ``app.conf`` (so Django's ``CELERY_`` namespace gives ``CELERY_DXF_...``)
+and are read through :meth:`DXFSettings.from_conf`, which checks every value and names the
+setting to fix, instead of failing later deep inside a worker. docs/settings.md documents
+each one with its default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from dxf_celery.errors import DXFError
+
+PREFIX = "dxf_"
+
+
+class DXFConfigError(DXFError, ValueError):
+    """A ``dxf_*`` setting (or a Celery setting DXF depends on) has an unusable value."""
+
+
+def _cpu_count() -> int:
+    return os.cpu_count() or 1
+
+
+def _physical_memory() -> int:
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+@dataclass(frozen=True)
+class DXFSettings:
+    """Every ``dxf_*`` setting with its default; field ``x`` is read from ``app.conf.dxf_x``."""
+
+    #: SQLAlchemy URL of the DXF tables (SQLite file in the current directory by default).
+    database_url: str = "sqlite:///dxf.db"
+    #: Apply the bundled migrations on first use in a process (workers and clients).
+    auto_migrate: bool = True
+    #: Period of each node's check loop (start / preempt / pause / revert executors).
+    task_check_interval: float = 0.3
+    #: First pause of an executor that found no subtask; doubles up to the max.
+    subtask_check_interval: float = 0.3
+    #: Cap of the executor's polling backoff.
+    max_subtask_check_interval: float = 2.0
+    #: How often a running executor re-reads its task's state to derive cancellation from SQL.
+    watch_task_interval: float = 0.3
+    #: How often a node writes its heartbeat.
+    heartbeat_interval: float = 1.0
+    #: Period of the scheduler pass (beat entry ``dxf-scheduler``).
+    scheduler_interval: float = 0.5
+    #: Period of the subtask balancer inside the scheduler pass.
+    balance_interval: float = 1.5
+    #: Seconds without heartbeat after which a node counts as dead and its subtasks move.
+    node_ttl: float = 10.0
+    #: Lifetime of the scheduler's database lease (a dead scheduler is replaced after it).
+    lease_ttl: float = 5.0
+    #: Slots of this node (sum of the concurrency of the tasks it runs at once).
+    node_slots: int = field(default_factory=_cpu_count)
+    #: Memory budget of this node in bytes, shared by slot (0 = unknown).
+    node_memory: int = field(default_factory=_physical_memory)
+    #: Role (scope) of this node; tasks with a ``target_scope`` only run on matching nodes.
+    node_role: str = ""
+    #: Each node consumes its own queue ``<prefix><nodename>`` for its executors.
+    queue_prefix: str = "dxf.node."
+    #: Queue of the scheduler ticks, consumed by every node's main process.
+    scheduler_queue: str = "dxf.scheduler"
+    #: Add the ``dxf-scheduler`` beat entry (turn off to drive the scheduler some other way).
+    beat: bool = True
+    #: Seconds a cancelled subtask gets to stop cooperatively before it is interrupted.
+    cancel_grace: float = 1.0
+    #: An executor message not received by its node within this many seconds expires.
+    launch_timeout: float = 60.0
+    #: Send ``task-progress`` events from executors when the worker sends task events.
+    progress_events: bool = True
+    #: Period of those progress events.
+    progress_event_interval: float = 1.0
+
+    @classmethod
+    def from_conf(cls, conf: Mapping[str, Any] | Any, **overrides: Any) -> DXFSettings:
+        """Read ``dxf_*`` keys (also ``DXF_*`` and ``CELERY_DXF_*``) from ``conf``; validate them."""
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            if f.name in overrides:
+                values[f.name] = overrides[f.name]
+                continue
+            raw = _lookup(conf, f.name)
+            if raw is not None:
+                values[f.name] = raw
+        unknown = set(overrides) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise DXFConfigError(f"unknown DXF settings {sorted(unknown)}; see docs/settings.md for the list")
+        coerced = {name: _coerce(cls, name, value) for name, value in values.items()}
+        settings = cls(**coerced)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Raise :class:`DXFConfigError` naming the first bad setting."""
+        if not self.database_url:
+            raise DXFConfigError("dxf_database_url is empty: set it to a SQLAlchemy URL, e.g. sqlite:///dxf.db")
+        positive = (
+            "task_check_interval", "subtask_check_interval", "max_subtask_check_interval", "watch_task_interval",
+            "heartbeat_interval", "scheduler_interval", "balance_interval", "node_ttl", "lease_ttl",
+            "cancel_grace", "launch_timeout", "progress_event_interval",
+        )
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise DXFConfigError(f"{PREFIX}{name} must be > 0 seconds, got {getattr(self, name)!r}")
+        if self.max_subtask_check_interval < self.subtask_check_interval:
+            raise DXFConfigError("dxf_max_subtask_check_interval must be >= dxf_subtask_check_interval")
+        if self.node_slots < 1:
+            raise DXFConfigError(f"dxf_node_slots must be >= 1, got {self.node_slots}")
+        if self.node_memory < 0:
+            raise DXFConfigError(f"dxf_node_memory must be >= 0 bytes, got {self.node_memory}")
+        if self.node_ttl <= self.heartbeat_interval:
+            raise DXFConfigError(
+                f"dxf_node_ttl ({self.node_ttl}) must exceed dxf_heartbeat_interval ({self.heartbeat_interval}), "
+                "or live nodes are declared dead"
+            )
+        if not self.queue_prefix or not self.scheduler_queue:
+            raise DXFConfigError("dxf_queue_prefix and dxf_scheduler_queue must be non-empty queue names")
+
+    def node_queue(self, nodename: str) -> str:
+        """The queue that only node ``nodename`` consumes (its executors land there).
+
+        The node name is escaped injectively to ``[A-Za-z0-9.-_]`` (``w1@host`` becomes
+        ``w1_40host``): some transports (``filesystem://``) refuse other characters.
+        """
+        safe = "".join(ch if (ch.isascii() and (ch.isalnum() or ch in ".-")) else f"_{ord(ch):02x}"
+                       for ch in nodename)
+        return f"{self.queue_prefix}{safe}"
+
+
+def _lookup(conf: Mapping[str, Any] | Any, name: str) -> Any:
+    for key in (PREFIX + name, (PREFIX + name).upper(), "CELERY_" + (PREFIX + name).upper()):
+        try:
+            value = conf.get(key)
+        except Exception:
+            value = None
+        if value is not None:
+            return value
+    return None
+
+
+_DEFAULTS: dict[type[DXFSettings], DXFSettings] = {}
+
+
+def _defaults(cls: type[DXFSettings]) -> DXFSettings:
+    if cls not in _DEFAULTS:
+        _DEFAULTS[cls] = cls()
+    return _DEFAULTS[cls]
+
+
+def _coerce(cls: type[DXFSettings], name: str, value: Any) -> Any:
+    """Accept strings for numbers and booleans (environment-driven configs), reject the rest clearly."""
+    sample = getattr(_defaults(cls), name)
+    key = PREFIX + name
+    try:
+        if isinstance(sample, bool):
+            if isinstance(value, str):
+                lowered = value.strip().lower()
+                if lowered in ("1", "true", "yes", "on"):
+                    return True
+                if lowered in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(value)
+            return bool(value)
+        if isinstance(sample, int):
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError(value)
+            return int(value)
+        if isinstance(sample, float):
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return float(value)
+        if not isinstance(value, str):
+            raise ValueError(value)
+        return value
+    except (TypeError, ValueError):
+        raise DXFConfigError(f"{key} = {value!r} is not a valid {type(sample).__name__}") from None
+
+
+PICKLE_CONTENT = frozenset({"pickle", "application/x-python-serialize"})
+
+
+def check_celery_conf(conf: Any) -> None:
+    """Refuse an app that accepts pickle: DXF's worker would execute what any broker client sends."""
+    accept = conf.get("accept_content") or ()
+    if isinstance(accept, str):
+        accept = [accept]
+    bad = sorted(PICKLE_CONTENT.intersection(str(a).lower() for a in accept))
+    if bad:
+        raise DXFConfigError(
+            f"accept_content includes {bad}: dxf-celery accepts JSON only on the wire. "
+            "Remove pickle from accept_content (the default ['json'] is fine)."
+        )

@@ -1,0 +1,246 @@
+"""One worker node's DXF runtime, in the worker main process: the node Manager and the scheduler.
+
+Two daemon threads do the SQL work, off Celery's event loop:
+
+* the **node loop** calls ``Manager.handle_tasks()`` every ``dxf_task_check_interval`` (and
+  at once on a ``dxf_wake`` control command). It is a local timer, not a beat tick: beat
+  sends a message to *one* worker, delivering a tick to *every* node needs a fanout, which
+  is lossy on Redis (pub/sub), and a Celery ``Timer`` dies with the consumer on a broker
+  reconnect (celery#7844). Correctness comes from SQL either way; the heartbeat written
+  here is what tells the cluster the node is alive.
+* the **scheduler loop** runs ``scheduler.Manager.schedule_once()`` (under the database
+  lease) when a ``dxf.schedule`` tick from beat (or a wake-up sent by ``submit_task``)
+  reaches this node, and, while it holds the lease and ticks keep coming, at
+  ``dxf_scheduler_interval`` on its own so that the pass rate does not depend on which node
+  the broker hands each tick to. No tick for ``dxf_lease_ttl`` seconds: no pass, so without
+  beat nothing new is planned, while running executors finish the subtasks they have.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from dxf_celery.context import Context
+from dxf_celery.proto import NodeResource
+from dxf_celery.worker.launcher import CeleryLauncher
+
+if TYPE_CHECKING:
+    from dxf_celery.app import DXFState
+
+logger = logging.getLogger(__name__)
+
+#: Every runtime of this process by nodename (control commands and signals look them up).
+runtimes: dict[str, NodeRuntime] = {}
+_runtimes_lock = threading.Lock()
+
+#: Reasons of scheduler ticks that came from a user action: worth waking every node after.
+_USER_REASONS = frozenset({"submit", "cancel", "pause", "resume", "resolve", "modify", "wake"})
+
+
+def pool_kind(worker: Any) -> str:
+    """``prefork``, ``threads``, ``solo``, ``gevent``, ``eventlet`` or the pool's module name."""
+    cls = getattr(worker, "pool_cls", None)
+    name = cls if isinstance(cls, str) else getattr(cls, "__module__", "") or ""
+    name = name.rsplit(".", 1)[-1].rsplit(":", 1)[0].lower()
+    return {"thread": "threads", "threads": "threads", "processes": "prefork"}.get(name, name or "prefork")
+
+
+def find_runtime(nodename: str) -> NodeRuntime | None:
+    with _runtimes_lock:
+        return runtimes.get(nodename)
+
+
+class NodeRuntime:
+    """The DXF side of one Celery worker node."""
+
+    def __init__(self, state: DXFState, worker: Any) -> None:
+        from dxf_celery.scheduler.manager import Manager as SchedulerManager
+        from dxf_celery.taskexecutor.manager import Manager
+
+        settings = state.settings
+        self.state = state
+        self.settings = settings
+        self.nodename: str = worker.hostname
+        self.queue = settings.node_queue(self.nodename)
+        self.pool_kind = pool_kind(worker)
+        self._worker = worker
+        self.task_manager = state.task_manager
+        self.launcher = CeleryLauncher(
+            state.app,
+            nodename=self.nodename,
+            queue=self.queue,
+            launch_timeout=settings.launch_timeout,
+            pool_kind=self.pool_kind,
+            events_enabled=self._task_events_enabled,
+            incarnation=state.incarnation or "",
+        )
+        self.ctx = Context.background()
+        self.manager = Manager(
+            self.ctx,
+            self.task_manager,
+            self.nodename,
+            NodeResource(settings.node_slots, settings.node_memory),
+            role=settings.node_role,
+            intervals=state.intervals(),
+            launcher=self.launcher,
+        )
+        self.scheduler = SchedulerManager(
+            self.task_manager,
+            owner_id=self.nodename,
+            lease_ttl=settings.lease_ttl,
+            intervals=state.scheduler_intervals(),
+        )
+        self._stopping = threading.Event()
+        self._node_wake = threading.Event()
+        self._tick = threading.Event()
+        self._tick_reason = "beat"
+        self._armed_until = 0.0
+        self._holder = False
+        self._last_pass = 0.0
+        self._threads: list[threading.Thread] = []
+        self._meta_ready = threading.Event()
+        self._stopped = False
+        self._removed = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        with _runtimes_lock:
+            runtimes[self.nodename] = self
+        for target, name in ((self._node_loop, "dxf-node"), (self._scheduler_loop, "dxf-scheduler")):
+            thread = threading.Thread(target=target, name=f"{name}-{self.nodename}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        logger.info("DXF node %s started: %d slots, role %r, pool %s, queue %s", self.nodename,
+                    self.settings.node_slots, self.settings.node_role, self.pool_kind, self.queue)
+
+    def begin_shutdown(self) -> None:
+        """Warm shutdown starts: stop planning and starting, cancel executors (rows untouched)."""
+        if self._stopping.is_set():
+            return
+        self._stopping.set()
+        self._node_wake.set()
+        self._tick.set()
+        try:
+            self.manager.cancel()
+        except Exception:
+            logger.exception("%s: cancelling executors failed", self.nodename)
+
+    def stop(self) -> None:
+        """Bootstep stop (before the pool stops): cancel executors, join the loops, free the lease."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self.begin_shutdown()
+        for thread in self._threads:
+            thread.join(timeout=10)
+        try:
+            self.scheduler.release()
+        except Exception:
+            logger.exception("%s: releasing the scheduler lease failed", self.nodename)
+
+    def remove_node(self) -> None:
+        """After the pool stopped: delete the node row so the scheduler rebalances at once."""
+        if self._removed:
+            return
+        self._removed = True
+        self.stop()
+        try:
+            self.task_manager.delete_node(self.nodename)
+            logger.info("DXF node %s removed from the cluster", self.nodename)
+        except Exception as err:
+            logger.warning("%s: could not remove the node row (it expires after dxf_node_ttl): %s",
+                           self.nodename, err)
+        with _runtimes_lock:
+            if runtimes.get(self.nodename) is self:
+                del runtimes[self.nodename]
+
+    # ------------------------------------------------------------------ wake-ups
+
+    def wake(self) -> None:
+        """Run a node check pass now (``dxf_wake`` control command, local scheduler passes)."""
+        self._node_wake.set()
+
+    def on_tick(self, reason: str = "beat") -> None:
+        """A ``dxf.schedule`` message reached this node (called on the consumer's thread: O(1))."""
+        self._armed_until = time.monotonic() + self.settings.lease_ttl
+        self._tick_reason = reason
+        self._tick.set()
+
+    # ------------------------------------------------------------------ loops
+
+    def _node_loop(self) -> None:
+        interval = self.settings.task_check_interval
+        while not self._stopping.is_set():
+            try:
+                self.manager.init_meta()
+                self._meta_ready.set()
+                break
+            except Exception as err:
+                logger.warning("%s: cannot register the node yet: %s", self.nodename, err)
+                if self._stopping.wait(max(interval, 1.0)):
+                    return
+        while not self._stopping.is_set():
+            try:
+                self.manager.handle_tasks()
+            except Exception:
+                logger.exception("%s: node check pass failed", self.nodename)
+            self._node_wake.wait(interval)
+            self._node_wake.clear()
+
+    def _scheduler_loop(self) -> None:
+        interval = self.settings.scheduler_interval
+        while not self._stopping.is_set():
+            ticked = self._tick.wait(interval)
+            if self._stopping.is_set():
+                return
+            self._tick.clear()
+            reason = self._tick_reason if ticked else "timer"
+            self._tick_reason = "beat"
+            now = time.monotonic()
+            if not ticked and not (self._holder and now < self._armed_until):
+                continue
+            if reason in ("beat", "timer") and now - self._last_pass < interval / 2:
+                continue
+            self._last_pass = now
+            try:
+                self._holder = self.scheduler.schedule_once()
+            except Exception:
+                logger.exception("%s: scheduler pass failed", self.nodename)
+                continue
+            if self._holder:
+                self.wake()
+                if reason in _USER_REASONS:
+                    self._broadcast_wake()
+
+    def _broadcast_wake(self) -> None:
+        try:
+            self.state.app.control.broadcast("dxf_wake", reply=False)
+        except Exception as err:
+            logger.debug("%s: dxf_wake broadcast failed: %s", self.nodename, err)
+
+    # ------------------------------------------------------------------ introspection
+
+    def _task_events_enabled(self) -> bool:
+        consumer = getattr(self._worker, "consumer", None)
+        dispatcher = getattr(consumer, "event_dispatcher", None)
+        if dispatcher is None or not getattr(dispatcher, "enabled", False):
+            return False
+        groups = getattr(dispatcher, "groups", None)
+        return not groups or "task" in groups
+
+    def describe(self) -> dict[str, Any]:
+        """What ``celery inspect dxf_node`` shows."""
+        return {
+            "node": self.nodename,
+            "queue": self.queue,
+            "pool": self.pool_kind,
+            "slots": self.settings.node_slots,
+            "slots_used": self.manager.slot_manager.used_slots(),
+            "executors": self.manager.running_task_ids(),
+            "scheduler_lease": self._holder,
+            "registered": self._meta_ready.is_set(),
+        }

@@ -1,0 +1,1 @@
+"""Importable Celery apps and task types for the end-to-end tests (run by real worker processes)."""

@@ -1,0 +1,118 @@
+"""``e2e``: the task type of the Celery end-to-end tests; it logs every subtask run to a file.
+
+Meta (JSON): ``steps``, ``subtasks``, ``sleep`` (seconds per subtask), ``mode`` ("ctx": waits
+on its context; "busy": a Python loop of short sleeps that never looks at the context, so
+only the framework's forced interruption stops it), ``idempotent``, ``record`` (the log file).
+
+Log lines (one ``O_APPEND`` write each, atomic across processes)::
+
+    start <task> <step> <ordinal> <exec_id> <pid> <monotonic>
+    end   <task> <step> <ordinal> <exec_id> <pid> <monotonic> <outcome>
+
+``time.monotonic`` is CLOCK_MONOTONIC, shared by all processes of the machine, so the test
+can compute how many subtasks ran at once on each node.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from dxf_celery.context import Context
+from dxf_celery.proto import STEP_DONE, STEP_INIT, Subtask, Task, TaskBase
+from dxf_celery.scheduler import BaseScheduler, TaskHandle, register_scheduler_factory
+from dxf_celery.scheduler import Extension as SchedulerExtension
+from dxf_celery.scheduler.param import Param as SchedulerParam
+from dxf_celery.taskexecutor import BaseStepExecutor, BaseTaskExecutor, Extension, StepExecutor, register_task_type
+from dxf_celery.taskexecutor.param import Param
+
+TASK_TYPE = "e2e"
+
+
+def e2e_meta(record: str, *, steps: int = 2, subtasks: int = 4, sleep: float = 0.05, mode: str = "ctx",
+             idempotent: bool = True) -> bytes:
+    return json.dumps({"steps": steps, "subtasks": subtasks, "sleep": sleep, "mode": mode,
+                       "idempotent": idempotent, "record": record}).encode()
+
+
+def _meta(raw: bytes) -> dict[str, Any]:
+    data = json.loads(raw or b"{}")
+    return data if isinstance(data, dict) else {}
+
+
+def _log(path: str | None, *fields: object) -> None:
+    if not path:
+        return
+    line = (" ".join(str(f) for f in fields) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
+
+
+class E2EStepExecutor(BaseStepExecutor):
+    def __init__(self, meta: dict[str, Any]) -> None:
+        self.meta = meta
+
+    def run_subtask(self, ctx: Context, subtask: Subtask) -> None:
+        record = self.meta.get("record")
+        ident = (subtask.task_id, subtask.step, subtask.ordinal, subtask.exec_id, os.getpid())
+        _log(record, "start", *ident, time.monotonic())
+        outcome = "ok"
+        try:
+            sleep = float(self.meta.get("sleep", 0))
+            if self.meta.get("mode") == "busy":
+                deadline = time.monotonic() + sleep
+                while time.monotonic() < deadline:
+                    time.sleep(0.01)
+            else:
+                ctx.wait(sleep)
+                ctx.check()
+        except BaseException as err:
+            outcome = type(err).__name__
+            raise
+        finally:
+            _log(record, "end", *ident, time.monotonic(), outcome)
+
+
+class E2EExecutorExtension(Extension):
+    def __init__(self, meta: dict[str, Any]) -> None:
+        self.meta = meta
+
+    def is_idempotent(self, subtask: Subtask) -> bool:
+        return bool(self.meta.get("idempotent", True))
+
+    def get_step_executor(self, task: Task) -> StepExecutor:
+        return E2EStepExecutor(_meta(task.meta))
+
+
+class E2ESchedulerExtension(SchedulerExtension):
+    def __init__(self, steps: int) -> None:
+        self.steps = steps
+
+    def get_next_step(self, task: TaskBase) -> int:
+        if task.step == STEP_INIT:
+            return 1
+        return task.step + 1 if task.step < self.steps else STEP_DONE
+
+    def on_next_subtasks_batch(
+        self, ctx: Context, handle: TaskHandle, task: Task, exec_ids: Sequence[str], next_step: int
+    ) -> list[bytes]:
+        count = int(_meta(task.meta).get("subtasks", 1))
+        return [json.dumps({"ordinal": i + 1}).encode() for i in range(count)]
+
+
+def executor_factory(ctx: Context, task: Task, param: Param) -> BaseTaskExecutor:
+    return BaseTaskExecutor(ctx, task, param, E2EExecutorExtension(_meta(task.meta)))
+
+
+def scheduler_factory(ctx: Context, task: Task, param: SchedulerParam) -> BaseScheduler:
+    return BaseScheduler(ctx, task, param, E2ESchedulerExtension(int(_meta(task.meta).get("steps", 1))))
+
+
+register_task_type(TASK_TYPE, executor_factory)
+register_scheduler_factory(TASK_TYPE, scheduler_factory)

@@ -1,0 +1,219 @@
+"""`celery -A proj dxf ...` through click's CliRunner on real databases, plus one real subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from celery import Celery
+from celery.bin.base import CLIContext
+from click.testing import CliRunner, Result
+
+from dxf_celery import handle
+from dxf_celery.cli import dxf
+from dxf_celery.proto import TaskState
+from dxf_celery.storage import TaskManager
+
+
+@pytest.fixture
+def app(db_url: str) -> Celery:
+    app = Celery("cli_test", broker="memory://", set_as_current=False)
+    app.conf.dxf_database_url = db_url
+    return app
+
+
+def run(app: Celery, *args: str) -> Result:
+    obj = CLIContext(app=app, no_color=True, workdir=None, quiet=True)
+    return CliRunner().invoke(dxf, list(args), obj=obj, catch_exceptions=False)
+
+
+def test_list_show_progress_and_json(app: Celery, task_manager: TaskManager) -> None:
+    assert run(app, "list").output.strip() == "no tasks"
+    t1 = handle.submit_task(task_manager, "import-1", "csv_import", meta=b'{"a": 1}', concurrency=1)
+    handle.submit_task(task_manager, "import-2", "noop", priority=10)
+    out = run(app, "list")
+    assert out.exit_code == 0
+    lines = out.output.splitlines()
+    assert lines[0].split()[:4] == ["ID", "KEY", "TYPE", "STATE"]
+    assert "import-2" in lines[1] and "import-1" in lines[2]  # rank order: priority first
+    data = json.loads(run(app, "list", "--json", "--state", "pending").output)
+    assert {d["key"] for d in data} == {"import-1", "import-2"}
+    assert run(app, "list", "--state", "running").output.strip() == "no tasks"
+
+    for ref in ("import-1", str(t1.id)):
+        shown = run(app, "show", ref)
+        assert shown.exit_code == 0, shown.output
+        assert "csv_import" in shown.output and "pending" in shown.output
+    detail = json.loads(run(app, "show", "import-1", "--json", "--subtasks").output)
+    assert detail["meta"] == {"a": 1} and detail["subtasks"] == [] and detail["progress"] == {}
+    prog = json.loads(run(app, "progress", "import-1", "--json").output)
+    assert prog["state"] == "pending"
+
+
+def test_unknown_key_and_bad_input_are_one_line_errors(app: Celery, task_manager: TaskManager) -> None:
+    for args in (["show", "nope"], ["cancel", "nope"], ["wait", "nope"], ["progress", "12345"]):
+        res = run(app, *args)
+        assert res.exit_code == 1, (args, res.output)
+        assert "no task with key or id" in res.output and "Traceback" not in res.output
+    res = run(app, "list", "--state", "bogus")
+    assert res.exit_code == 2 and "unknown state 'bogus'" in res.output
+    res = run(app, "submit", "k", "noop", "--meta", "{not json")
+    assert res.exit_code == 2 and "not JSON" in res.output
+    res = run(app, "modify", "k")
+    assert res.exit_code == 2 and "nothing to modify" in res.output
+
+
+def test_submit_steer_modify_and_state_errors(app: Celery, task_manager: TaskManager, tmp_path: Path) -> None:
+    meta = tmp_path / "meta.json"
+    meta.write_text('{"subtasks": 3}')
+    res = run(app, "submit", "job-1", "noop", "--meta-file", str(meta), "--concurrency", "1", "--priority", "100")
+    assert res.exit_code == 0, res.output
+    task = handle.get_task(task_manager, "job-1")
+    assert task.meta == b'{"subtasks": 3}' and task.priority == 100
+
+    res = run(app, "submit", "job-1", "noop")
+    assert res.exit_code == 1 and "job-1" in res.output  # keys are unique
+
+    assert run(app, "resume", "job-1").exit_code == 1  # not paused
+    res = run(app, "pause", "job-1")
+    assert res.exit_code == 0 and "pause requested" in res.output
+    assert handle.get_task(task_manager, "job-1").state == TaskState.PAUSING
+    res = run(app, "modify", "job-1", "--max-node-count", "2")
+    assert res.exit_code == 1 and "only pending, running, paused" in res.output
+    res = run(app, "cancel", "job-1")
+    assert res.exit_code == 1 and "it is pausing" in res.output
+
+    run(app, "submit", "job-2", "noop")
+    res = run(app, "modify", "job-2", "--concurrency", "1", "--max-node-count", "2")
+    assert res.exit_code == 0, res.output
+    assert handle.get_task(task_manager, "job-2").state == TaskState.MODIFYING
+    res = run(app, "resolve", "job-2")
+    assert res.exit_code == 1 and "awaiting-resolution" in res.output
+    run(app, "submit", "job-3", "noop")
+    assert run(app, "cancel", "job-3").exit_code == 0
+    assert handle.get_task(task_manager, "job-3").state == TaskState.CANCELLING
+
+
+def test_wait_exit_codes(app: Celery, task_manager: TaskManager) -> None:
+    t = handle.submit_task(task_manager, "w1", "noop")
+    res = run(app, "wait", "w1", "--timeout", "0.2", "--interval", "0.05")
+    assert res.exit_code == 3 and "still pending" in res.output
+    task_manager.switch_task_step(task_manager.get_task_by_id(t.id), TaskState.RUNNING, 1, [])
+    task_manager.succeed_task(t.id)
+    res = run(app, "wait", "w1", "--timeout", "5", "--interval", "0.05")
+    assert res.exit_code == 0 and "succeed" in res.output
+
+    t2 = handle.submit_task(task_manager, "w2", "noop")
+    task_manager.fail_task(t2.id, TaskState.PENDING, RuntimeError("boom"))
+    res = run(app, "wait", "w2", "--timeout", "5", "--interval", "0.05")
+    assert res.exit_code == 1 and "boom" in res.output
+
+    handle.submit_task(task_manager, "w3", "noop")
+    task_manager.pause_task("w3")
+    task_manager.paused_task(handle.get_task(task_manager, "w3").id)
+    res = run(app, "wait", "w3", "--interval", "0.05")
+    assert res.exit_code == 4 and "resume" in res.output
+
+
+def test_nodes_and_migrate(app: Celery, task_manager: TaskManager, tmp_path: Path) -> None:
+    assert "no nodes registered" in run(app, "nodes").output
+    task_manager.init_meta("celery@a", "", 4)
+    task_manager.init_meta("celery@b", "bg", 8)
+    out = run(app, "nodes").output
+    assert "celery@a" in out and "0/4" in out and "bg" in out
+    assert {n["id"] for n in json.loads(run(app, "nodes", "--json").output)} == {"celery@a", "celery@b"}
+
+    fresh = Celery("cli_fresh", broker="memory://", set_as_current=False)
+    fresh.conf.dxf_database_url = f"sqlite:///{tmp_path / 'fresh.db'}"
+    res = run(fresh, "migrate")
+    assert res.exit_code == 0 and "fresh.db" in res.output
+    assert run(fresh, "list").output.strip() == "no tasks"
+
+
+def test_database_down_is_a_clear_error(tmp_path: Path) -> None:
+    app = Celery("cli_down", broker="memory://", set_as_current=False)
+    app.conf.dxf_database_url = "postgresql+psycopg://nobody@127.0.0.1:1/none"
+    res = run(app, "list")
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert "127.0.0.1" in res.output
+    app.conf.dxf_database_url = "notadb://x"
+    res = run(app, "list")
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    bare = Celery("cli_bare", broker="memory://", set_as_current=False)
+    res = run(bare, "list")
+    assert res.exit_code == 1 and "has no DXF: call DXF(app)" in res.output
+
+
+def test_real_celery_subprocess(tmp_path: Path) -> None:
+    """`celery -A dxf_celery.demo_app dxf ...` goes through Celery's own CLI and the entry point."""
+    db = f"sqlite:///{tmp_path / 'sub.db'}"
+    env = dict(os.environ, DXF_DEMO_DATABASE=db, DXF_DEMO_DIR=str(tmp_path / "demo"))
+    celery = [sys.executable, "-m", "celery", "-A", "dxf_celery.demo_app"]
+    res = subprocess.run([*celery, "dxf", "migrate"], env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    res = subprocess.run(
+        [*celery, "dxf", "submit", "sub-1", "noop", "--meta", '{"subtasks": 2}'],
+        env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert res.returncode == 0, res.stderr
+    res = subprocess.run([*celery, "dxf", "list"], env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "sub-1" in res.stdout and "noop" in res.stdout
+    res = subprocess.run([*celery, "dxf", "show", "missing"], env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1
+    assert "no task with key or id 'missing'" in res.stderr and "Traceback" not in res.stderr
+
+
+@pytest.mark.celery
+@pytest.mark.slow
+def test_cli_drives_real_workers(tmp_path: Path) -> None:
+    """submit --wait, pause, wait (exit 4), resume, nodes: against two real workers and beat."""
+    from dxf_celery.demo import Processes, celery_command
+
+    workdir = tmp_path / "cluster"
+    workdir.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DXF_DEMO_")}
+    env["DXF_DEMO_DIR"] = str(workdir)
+    procs = Processes()
+
+    def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(celery_command("dxf", *args), env=env, capture_output=True, text=True, timeout=timeout)
+
+    try:
+        assert cli("migrate").returncode == 0
+        for i in (1, 2):
+            procs.start(f"w{i}", celery_command("worker", "-n", f"cli{i}@%h", "-c", "2", "-l", "WARNING",
+                                                "--without-gossip", "--without-mingle"), env, workdir / f"w{i}.log")
+        procs.start("beat", celery_command("beat", "-l", "WARNING"), env, workdir / "beat.log")
+        deadline = time.monotonic() + 60
+        while cli("nodes").stdout.count("cli") < 2:
+            assert time.monotonic() < deadline, (workdir / "w1.log").read_text()[-2000:]
+            assert not procs.dead(), [c.log.read_text()[-2000:] for c in procs.dead()]
+            time.sleep(0.3)
+
+        res = cli("submit", "cli-1", "noop", "--meta", '{"subtasks": 6, "steps": 2}', "--concurrency", "2",
+                  "--wait", "--timeout", "90")
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert "task 1 (cli-1) succeed" in res.stdout
+        shown = json.loads(cli("show", "cli-1", "--json", "--subtasks").stdout)
+        assert shown["state"] == "succeed" and len(shown["subtasks"]) == 12
+        assert {s["exec_id"].split("@")[0] for s in shown["subtasks"]} == {"cli1", "cli2"}
+
+        assert cli("submit", "cli-2", "noop", "--meta", '{"subtasks": 8, "sleep": 0.5}').returncode == 0
+        deadline = time.monotonic() + 60
+        while "running" not in cli("show", "cli-2").stdout:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        assert cli("pause", "cli-2").returncode == 0
+        res = cli("wait", "cli-2", "--timeout", "60")
+        assert res.returncode == 4, res.stdout + res.stderr
+        assert cli("resume", "cli-2").returncode == 0
+        res = cli("wait", "cli-2", "--timeout", "90")
+        assert res.returncode == 0, res.stdout + res.stderr
+    finally:
+        procs.stop()

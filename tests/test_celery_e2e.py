@@ -21,7 +21,7 @@ from celery import Celery
 from celery_apps.dxf_app import FAST_SETTINGS, create_app
 from celery_apps.harness import CeleryProcesses, RunEvent, max_parallel_by_node, read_record, wait_for
 from celery_apps.types import e2e_meta
-from conftest import SELECTED, make_db_url
+from conftest import make_db_url
 
 from dxf_celery import DXF
 from dxf_celery.proto import SubtaskState, TaskState
@@ -79,9 +79,7 @@ def _make_e2e(tmp_path: Path, broker: str, db_url: str,
 
 @pytest.fixture
 def e2e(tmp_path: Path) -> Iterator[E2E]:
-    """Redis broker + PostgreSQL tables, no process started yet."""
-    if "postgresql" not in SELECTED:
-        pytest.skip("the Celery end-to-end tests run on PostgreSQL (DXF_TEST_DATABASES)")
+    """Redis broker + PostgreSQL tables (always PostgreSQL, whatever the SQL matrix), no process yet."""
     _flush_redis(REDIS_URL)
     yield from _make_e2e(tmp_path, REDIS_URL, make_db_url("postgresql", tmp_path))
 

@@ -119,8 +119,7 @@ def test_django_helpers_and_app_config(tmp_path: Path) -> None:
     sys.modules[module].app = celery_app  # type: ignore[attr-defined]
     DXF(celery_app)
     try:
-        if settings.configured:
-            pytest.skip("Django was configured by another test in this process")
+        assert not settings.configured, "only this test may configure Django in the test process"
         databases = {
             "default": {"ENGINE": "django.db.backends.sqlite3", "NAME": str(tmp_path / "django.db")},
             "pg": {"ENGINE": "django.db.backends.postgresql", "NAME": "shop", "USER": "app", "PASSWORD": "s3cr@t",

@@ -141,7 +141,9 @@ class BaseTaskExecutor:
         table = self.param.task_table
         interval = iv.subtask_check
         empty_polls = 0
-        skip_wait = False
+        # The Manager starts an executor because this node has runnable subtasks: look at once
+        # instead of waiting a first interval as DXF does (it costs a whole interval of latency).
+        skip_wait = True
         while True:
             if self.ctx.done():
                 return

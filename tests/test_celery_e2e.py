@@ -206,7 +206,14 @@ def test_sigkilled_worker(e2e: E2E, idempotent: bool) -> None:
     subtasks = 4
     task = e2e.dxf.submit_task("kill-me", "e2e", meta=e2e.meta(steps=1, subtasks=subtasks, sleep=3.0,
                                                                 idempotent=idempotent))
-    victim = wait_for(lambda: e2e.running_subtasks(task.id, "w1@e2e"), 60, what="a subtask running on w1")[0]
+    def started_on_w1() -> list[object]:
+        # The row turns running just before the type records its start: kill only once both
+        # are there, or the killed run may never have reached the record.
+        started = {e.ordinal for e in e2e.events() if e.task_id == task.id and e.kind == "start"
+                   and e.exec_id == "w1@e2e"}
+        return [s for s in e2e.running_subtasks(task.id, "w1@e2e") if s.ordinal in started]  # type: ignore[attr-defined]
+
+    victim = wait_for(started_on_w1, 60, what="a subtask running on w1")[0]
     e2e.procs.kill("w1@e2e")
     final = e2e.dxf.wait_task(task.id, timeout=120, raise_error=False)
     events = [e for e in e2e.events() if e.task_id == task.id]

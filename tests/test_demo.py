@@ -74,7 +74,7 @@ def test_demo_on_redis_and_postgresql(tmp_path: Path) -> None:
         workdir = tmp_path / "demo"
         res = run_demo(workdir, "--broker", REDIS_URL, "--database", db, "--pool", "threads")
         check_summary(res, workdir)
-        assert "redis://127.0.0.1:6379/4" in res.stdout and "postgresql+psycopg://" in res.stdout
+        assert REDIS_URL in res.stdout and "postgresql+psycopg://" in res.stdout
         assert not workdir.exists() or not any(workdir.glob("*.db"))
     finally:
         client.flushdb()

@@ -204,3 +204,43 @@ def test_create_task_same_key_race(task_manager: TaskManager, db_url: str) -> No
         refused = [x for x in pair if isinstance(x, TaskAlreadyExistsError)]
         assert (len(ids), len(refused)) == (1, 1), f"round {r}: {pair}"
         assert task_manager.get_task_by_key(f"key-{r}").id == ids[0]
+
+
+def test_reads_over_live_and_history_never_see_a_row_twice(task_manager: TaskManager, db_url: str) -> None:
+    """Readers racing transfer_tasks_to_history see each subtask once: one snapshot per read.
+
+    Two statements (live, then history) would show the moved rows twice when the transfer
+    commits between them; each task here is read in a tight loop while it moves.
+    """
+    tm = task_manager
+    tasks = []
+    for i in range(30):
+        task = running_task(tm, f"h{i}", n=4)
+        for s in tm.get_subtasks(task.id):
+            tm.start_subtask(s.id, s.exec_id)
+            tm.finish_subtask(s.exec_id, s.id, b"done")
+        assert tm.succeed_task(task.id)
+        tasks.append(tm.get_task_by_id(task.id))
+    readers = [TaskManager(db_url) for _ in range(2)]
+    seen: list[tuple[int, int]] = []  # (subtasks seen, step-1 count in the progress counts)
+
+    def read(reader: TaskManager, task_id: int, stop: threading.Event) -> None:
+        while not stop.is_set():
+            subtasks = reader.get_subtasks(task_id)
+            seen.append((len(subtasks), sum(reader.get_subtask_counts_by_step(task_id).get(1, {}).values())))
+
+    try:
+        for task in tasks:
+            stop = threading.Event()
+            threads = [threading.Thread(target=read, args=(r, task.id, stop)) for r in readers]
+            for t in threads:
+                t.start()
+            assert tm.transfer_tasks_to_history([task]) == 1
+            stop.set()
+            for t in threads:
+                t.join(30)
+    finally:
+        for r in readers:
+            r.dispose()
+    assert seen and all(x == (4, 4) for x in seen), [x for x in seen if x != (4, 4)][:5]
+    assert len(tm.list_tasks(limit=100)) == len(tasks)

@@ -17,7 +17,23 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, Row, and_, delete, func, insert, or_, select, update
+from sqlalchemy import (
+    CompoundSelect,
+    Connection,
+    Engine,
+    Row,
+    Select,
+    Table,
+    and_,
+    delete,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    union_all,
+    update,
+)
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL
 
@@ -397,19 +413,14 @@ class TaskManager:
     ) -> list[Task]:
         """Tasks (live first, then history) in rank order, optionally filtered by state."""
 
-        def txn(conn: Connection) -> list[Task]:
-            out: list[Task] = []
-            tables = [task_table, task_history_table] if with_history else [task_table]
-            for table in tables:
-                stmt = select(table).order_by(*self._rank(table)).limit(limit - len(out))
-                if states:
-                    stmt = stmt.where(table.c.state.in_(_values(states)))
-                out.extend(_task_from_row(r) for r in conn.execute(stmt))
-                if len(out) >= limit:
-                    break
-            return out
+        def part(table: Table, source: int) -> Select[Any]:
+            stmt = select(literal(source).label("source"), *table.c)
+            return stmt.where(table.c.state.in_(_values(states))) if states else stmt
 
-        return self._read(txn)
+        tables = [task_table, task_history_table] if with_history else [task_table]
+        rows = union_all(*(part(t, i) for i, t in enumerate(tables))).subquery()
+        stmt = select(rows).order_by(rows.c.source, rows.c.priority, rows.c.create_time, rows.c.id).limit(limit)
+        return self._read(lambda conn: [_task_from_row(r) for r in conn.execute(stmt)])
 
     def get_task_exec_info_by_exec_id(self, exec_id: str) -> list[TaskExecInfo]:
         """Tasks with runnable subtasks on ``exec_id`` in running/reverting/pausing, in rank order."""
@@ -939,17 +950,13 @@ class TaskManager:
     def get_subtask_counts_by_step(self, task_id: int) -> dict[int, dict[SubtaskState, int]]:
         """Counts per step and state over live and history rows (for progress reports)."""
 
+        rows = _live_and_history(lambda t: select(t.c.step, t.c.state).where(t.c.task_id == task_id)).subquery()
+        stmt = select(rows.c.step, rows.c.state, func.count()).group_by(rows.c.step, rows.c.state)
+
         def txn(conn: Connection) -> dict[int, dict[SubtaskState, int]]:
             out: dict[int, dict[SubtaskState, int]] = {}
-            for table in (subtask_table, subtask_history_table):
-                stmt = (
-                    select(table.c.step, table.c.state, func.count())
-                    .where(table.c.task_id == task_id)
-                    .group_by(table.c.step, table.c.state)
-                )
-                for step, state, n in conn.execute(stmt):
-                    per = out.setdefault(step, {})
-                    per[SubtaskState(state)] = per.get(SubtaskState(state), 0) + int(n)
+            for step, state, n in conn.execute(stmt):
+                out.setdefault(step, {})[SubtaskState(state)] = int(n)
             return out
 
         return self._read(txn)
@@ -1007,13 +1014,14 @@ class TaskManager:
     def get_subtasks(self, task_id: int, step: int | None = None, *, with_history: bool = True) -> list[Subtask]:
         """Subtasks of a task (live, then history), ordered by step and ordinal."""
 
+        def part(table: Table) -> Select[Any]:
+            stmt = select(*table.c).where(table.c.task_id == task_id)
+            return stmt.where(table.c.step == step) if step is not None else stmt
+
+        stmt = _live_and_history(part) if with_history else part(subtask_table)
+
         def txn(conn: Connection) -> list[Subtask]:
-            out: list[Subtask] = []
-            for table in (subtask_table, subtask_history_table) if with_history else (subtask_table,):
-                stmt = select(table).where(table.c.task_id == task_id)
-                if step is not None:
-                    stmt = stmt.where(table.c.step == step)
-                out.extend(_subtask_from_row(r) for r in conn.execute(stmt))
+            out = [_subtask_from_row(r) for r in conn.execute(stmt)]
             out.sort(key=lambda s: (s.step if s.step >= 0 else 1 << 30, s.ordinal, s.id))
             return out
 
@@ -1032,14 +1040,8 @@ class TaskManager:
     def get_subtask_summaries(self, task_id: int, step: int) -> list[dict[str, Any]]:
         """Decoded summaries of every subtask of a step, live and history."""
 
-        def txn(conn: Connection) -> list[dict[str, Any]]:
-            out: list[dict[str, Any]] = []
-            for table in (subtask_table, subtask_history_table):
-                stmt = select(table.c.summary).where(table.c.task_id == task_id, table.c.step == step)
-                out.extend(_load_json(r[0]) for r in conn.execute(stmt))
-            return out
-
-        return self._read(txn)
+        stmt = _live_and_history(lambda t: select(t.c.summary).where(t.c.task_id == task_id, t.c.step == step))
+        return self._read(lambda conn: [_load_json(r[0]) for r in conn.execute(stmt)])
 
     def get_subtask_row_count(self, task_id: int, step: int) -> int:
         return sum(int(s.get("row_count", 0) or 0) for s in self.get_subtask_summaries(task_id, step))
@@ -1201,6 +1203,15 @@ class TaskManager:
         """The current holder of a lease that has not expired, or None."""
         stmt = select(lease_table.c.owner).where(lease_table.c.name == name, lease_table.c.expires_at >= utcnow())
         return self._read(lambda conn: conn.execute(stmt).scalar())
+
+
+def _live_and_history(part: Callable[[Table], Select[Any]]) -> CompoundSelect[Any]:
+    """The same query over the live subtask table and its history, as ONE statement.
+
+    Two statements would each see their own snapshot under READ COMMITTED, so a transfer to
+    history committing between them would show the moved rows twice (or not at all).
+    """
+    return union_all(part(subtask_table), part(subtask_history_table))
 
 
 def _load_json(text: str | None) -> dict[str, Any]:

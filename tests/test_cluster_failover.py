@@ -73,13 +73,17 @@ def test_two_scheduler_owners_at_once(cluster_url: str) -> None:
 
 def test_scheduler_owner_changes_mid_task(cluster_url: str) -> None:
     with LocalCluster(cluster_url, nodes=2) as cluster:
-        first = cluster.schedulers[0]
-        second = cluster.add_scheduler("standby")
+        schedulers = [cluster.schedulers[0], cluster.add_scheduler("standby")]
         task = cluster.submit_task("k", TASK_TYPE, meta=demo_meta(steps=3, subtasks=4, block=True, block_step=2))
         wait_until(lambda: RECORDER.running_of(task.id) == 2, what="step 2 running")
-        assert first.scheduled_task_ids() == [task.id]  # the first owner holds the lease
-        cluster.stop_scheduler(first)  # releases the lease: the standby takes over
-        wait_until(lambda: second.scheduled_task_ids() == [task.id], what="standby took the task")
+        # Either may have won the lease at start: the holder schedules the task, the other waits.
+        holder = cluster.task_manager.get_lease_owner("scheduler")
+        owner, standby = sorted(schedulers, key=lambda s: s.owner_id != holder)
+        assert owner.owner_id == holder
+        wait_until(lambda: owner.scheduled_task_ids() == [task.id], what="the lease holder schedules the task")
+        assert standby.scheduled_task_ids() == []
+        cluster.stop_scheduler(owner)  # releases the lease: the standby takes over
+        wait_until(lambda: standby.scheduled_task_ids() == [task.id], what="standby took the task")
         RECORDER.release()
         assert cluster.wait_task(task.id, timeout=TIMEOUT).state == TaskState.SUCCEED
         _succeeded_once(cluster, task.id, 3, 4)

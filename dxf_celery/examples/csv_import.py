@@ -205,8 +205,8 @@ def resolve_target(meta: ImportMeta, default: Target | None) -> Target:
 # ---------------------------------------------------------------------------- executor side
 
 
-class ImportStepExecutor(BaseStepExecutor):
-    """Step 1: parse one chunk and replace its rows in the target table."""
+class _CsvStepExecutor(BaseStepExecutor):
+    """What both steps hold: the task's parsed meta, the target database and table, a summary."""
 
     def __init__(self, task: Task, meta: ImportMeta, target: Target) -> None:
         self.task = task
@@ -214,6 +214,16 @@ class ImportStepExecutor(BaseStepExecutor):
         self.target = target
         self.summary = SubtaskSummary()
         self.table = csvtable.build_table(meta.table, meta.columns)
+
+    def realtime_summary(self) -> SubtaskSummary:
+        return self.summary
+
+    def reset_summary(self) -> None:
+        self.summary.reset()
+
+
+class ImportStepExecutor(_CsvStepExecutor):
+    """Step 1: parse one chunk and replace its rows in the target table."""
 
     def run_subtask(self, ctx: Context, subtask: Subtask) -> None:
         chunk = ChunkMeta.from_json(subtask.meta)
@@ -249,12 +259,6 @@ class ImportStepExecutor(BaseStepExecutor):
             ctx.wait(min(left, 0.2))
             ctx.check()
 
-    def realtime_summary(self) -> SubtaskSummary:
-        return self.summary
-
-    def reset_summary(self) -> None:
-        self.summary.reset()
-
     def task_meta_modified(self, ctx: Context, meta: bytes) -> None:
         """A new ``max_write_speed`` applies at once, even inside the running chunk."""
         new = ImportMeta.from_json(meta)
@@ -265,15 +269,8 @@ class ImportStepExecutor(BaseStepExecutor):
         self.meta = new
 
 
-class VerifyStepExecutor(BaseStepExecutor):
+class VerifyStepExecutor(_CsvStepExecutor):
     """Step 2: recount and re-checksum one chunk in the CSV and in the table, or the task's total."""
-
-    def __init__(self, task: Task, meta: ImportMeta, target: Target) -> None:
-        self.task = task
-        self.meta = meta
-        self.target = target
-        self.summary = SubtaskSummary()
-        self.table = csvtable.build_table(meta.table, meta.columns)
 
     def run_subtask(self, ctx: Context, subtask: Subtask) -> None:
         data = json.loads(subtask.meta)
@@ -302,12 +299,6 @@ class VerifyStepExecutor(BaseStepExecutor):
                 f"table {self.meta.table!r} holds {have} rows of task {self.task.id} but the chunks imported "
                 f"{expected}; rows were added or removed by someone else during the import: submit a new task"
             )
-
-    def realtime_summary(self) -> SubtaskSummary:
-        return self.summary
-
-    def reset_summary(self) -> None:
-        self.summary.reset()
 
 
 class CSVImportExecutorExtension(ExecutorExtension):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -263,7 +264,8 @@ def test_history_keeps_no_target_password(cluster: LocalCluster, tmp_path: Path)
     target_url = PG_ADMIN_URL.replace("postgres@", "postgres:s3cret-pw@")
     assert "s3cret-pw" in target_url
     path = csvdata.generate_csv(tmp_path / "orders.csv", 300, seed=1)
-    meta = csv_import.build_meta(path, "secret_orders", database_url=target_url, chunk_rows=100)
+    table_name = f"secret_orders_{os.getpid()}"  # the shared server database: one table per test process
+    meta = csv_import.build_meta(path, table_name, database_url=target_url, chunk_rows=100)
     task = cluster.submit_task("orders-secret", csv_import.TASK_TYPE, meta=meta)
     assert cluster.wait_task(task.id, timeout=60).state == TaskState.SUCCEED
     tm = cluster.task_manager
@@ -280,4 +282,4 @@ def test_history_keeps_no_target_password(cluster: LocalCluster, tmp_path: Path)
     assert b"s3cret-pw" not in stored and json.loads(stored)["database_url"].startswith("postgresql+psycopg://postgres:***@")
     target = csvtable.target_for(target_url)
     with target.write.begin() as conn:
-        csvtable.build_table("secret_orders", [csvdata.Column(c.name) for c in GENERATED_COLUMNS]).drop(conn)
+        csvtable.build_table(table_name, [csvdata.Column(c.name) for c in GENERATED_COLUMNS]).drop(conn)

@@ -269,6 +269,9 @@ class BaseScheduler:
         task = self._task
         tm = self.param.task_manager
         slots = self.param.slot_manager
+        # Usage as of now, as DXF does: the pass-start snapshot can predate the last subtasks of
+        # the step that just finished and would make their nodes look full.
+        slots.refresh_used(tm.get_used_slots_on_nodes())
         nodes = slots.adjust_eligible_nodes(exec_ids, task.concurrency)
         subtasks = [
             Subtask(

@@ -42,6 +42,11 @@ class SlotManager:
             self._nodes = [n.id for n in nodes]
             self._used = {n: used.get(n, 0) for n in self._nodes}
 
+    def refresh_used(self, used: dict[str, int]) -> None:
+        """Take fresh per-node usage for the same nodes (right before assigning a step's subtasks)."""
+        with self._lock:
+            self._used = {n: used.get(n, 0) for n in self._nodes}
+
     def used_slots(self) -> dict[str, int]:
         with self._lock:
             return dict(self._used)

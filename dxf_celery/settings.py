@@ -15,8 +15,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dxf_celery.errors import DXFError
+from dxf_celery.scheduler.param import SchedulerIntervals
+from dxf_celery.taskexecutor.param import Intervals
 
 PREFIX = "dxf_"
+#: The core's own defaults: a setting left unset means exactly what the core would use.
+_EXECUTOR = Intervals()
+_SCHEDULER = SchedulerIntervals()
 
 
 class DXFConfigError(DXFError, ValueError):
@@ -43,21 +48,21 @@ class DXFSettings:
     #: Apply the bundled migrations on first use in a process (workers and clients).
     auto_migrate: bool = True
     #: Period of each node's check loop (start / preempt / pause / revert executors).
-    task_check_interval: float = 0.3
+    task_check_interval: float = _EXECUTOR.task_check
     #: First pause of an executor that found no subtask; doubles up to the max.
-    subtask_check_interval: float = 0.3
+    subtask_check_interval: float = _EXECUTOR.subtask_check
     #: Cap of the executor's polling backoff.
-    max_subtask_check_interval: float = 2.0
+    max_subtask_check_interval: float = _EXECUTOR.max_subtask_check
     #: How often a running executor re-reads its task's state to derive cancellation from SQL.
-    watch_task_interval: float = 0.3
+    watch_task_interval: float = _EXECUTOR.watch_task
     #: How often a node writes its heartbeat.
-    heartbeat_interval: float = 1.0
+    heartbeat_interval: float = _EXECUTOR.heartbeat
     #: Period of the scheduler pass (beat entry ``dxf-scheduler``).
-    scheduler_interval: float = 0.5
+    scheduler_interval: float = _SCHEDULER.schedule
     #: Period of the subtask balancer inside the scheduler pass.
-    balance_interval: float = 1.5
+    balance_interval: float = _SCHEDULER.balance
     #: Seconds without heartbeat after which a node counts as dead and its subtasks move.
-    node_ttl: float = 10.0
+    node_ttl: float = _SCHEDULER.node_ttl
     #: Lifetime of the scheduler's database lease (a dead scheduler is replaced after it).
     lease_ttl: float = 5.0
     #: Slots of this node (sum of the concurrency of the tasks it runs at once).

@@ -7,14 +7,16 @@ default every SQL test runs on all three. A server that is down fails the test: 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
+from test_taskexecutor_support import Cluster, cluster_fixture, param_factory_fixture
 
 from dxf_celery.storage import TaskManager, migrate
 from dxf_celery.storage.tables import metadata
+from dxf_celery.taskexecutor import Param
 
 PG_ADMIN_URL = os.environ.get("DXF_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 MYSQL_ADMIN_URL = os.environ.get("DXF_TEST_MYSQL_ADMIN_URL", "mysql+pymysql://root@127.0.0.1:3306/test")
@@ -95,3 +97,17 @@ def task_manager(db_url: str) -> Iterator[TaskManager]:
     tm = TaskManager(db_url)
     yield tm
     tm.dispose()
+
+
+# -- the executor tests' harness (tests/test_taskexecutor_support.py), shared by their modules
+
+
+@pytest.fixture
+def cluster(task_manager: TaskManager) -> Iterator[Cluster]:
+    """Node Managers on one database (modules with their own ``cluster`` fixture override it)."""
+    yield from cluster_fixture(task_manager)
+
+
+@pytest.fixture
+def make_param(task_manager: TaskManager) -> Callable[..., Param]:
+    return param_factory_fixture(task_manager)

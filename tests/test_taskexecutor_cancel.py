@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 from test_taskexecutor_support import (
     Cluster,
     RecordingTaskExecutor,
     TestType,
-    cluster_fixture,
-    param_factory_fixture,
     plan_task,
     states,
     step_done,
@@ -22,16 +20,6 @@ from dxf_celery.context import Context
 from dxf_celery.proto import Modification, ModifyParam, SubtaskBase, SubtaskState, TaskState
 from dxf_celery.storage import TaskManager
 from dxf_celery.taskexecutor import Param
-
-
-@pytest.fixture
-def cluster(task_manager: TaskManager) -> Iterator[Cluster]:
-    yield from cluster_fixture(task_manager)
-
-
-@pytest.fixture
-def make_param(task_manager: TaskManager) -> Callable[..., Param]:
-    return param_factory_fixture(task_manager)
 
 
 def start_executor(

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 
 import pytest
 from test_taskexecutor_support import (
     Cluster,
     RetryableError,
     TestType,
-    cluster_fixture,
     plan_task,
     states,
     wait_until,
@@ -20,11 +18,6 @@ from dxf_celery.context import Context
 from dxf_celery.errors import NonIdempotentSubtaskError
 from dxf_celery.proto import Subtask, SubtaskState, Task
 from dxf_celery.storage import TaskManager
-
-
-@pytest.fixture
-def cluster(task_manager: TaskManager) -> Iterator[Cluster]:
-    yield from cluster_fixture(task_manager)
 
 
 def settled(tm: TaskManager, task_id: int) -> bool:

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
 
-import pytest
 from test_taskexecutor_support import (
     Cluster,
     TestType,
-    cluster_fixture,
     max_overlap,
     plan_task,
     states,
@@ -19,12 +16,6 @@ from test_taskexecutor_support import (
 )
 
 from dxf_celery.proto import SubtaskState, TaskState
-from dxf_celery.storage import TaskManager
-
-
-@pytest.fixture
-def cluster(task_manager: TaskManager) -> Iterator[Cluster]:
-    yield from cluster_fixture(task_manager)
 
 
 def test_multi_step_task_runs_every_subtask_exactly_once(cluster: Cluster) -> None:

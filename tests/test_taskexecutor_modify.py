@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -13,8 +13,6 @@ from test_taskexecutor_support import (
     Cluster,
     RecordingTaskExecutor,
     TestType,
-    cluster_fixture,
-    param_factory_fixture,
     plan_task,
     states,
     step_done,
@@ -26,16 +24,6 @@ from dxf_celery.proto import Modification, ModifyParam, SubtaskState, Task, Task
 from dxf_celery.storage import TaskManager
 from dxf_celery.taskexecutor import Intervals, Manager, Param, SlotManager, run_executor
 from dxf_celery.taskexecutor.launcher import ExecutorHandle
-
-
-@pytest.fixture
-def cluster(task_manager: TaskManager) -> Iterator[Cluster]:
-    yield from cluster_fixture(task_manager)
-
-
-@pytest.fixture
-def make_param(task_manager: TaskManager) -> Callable[..., Param]:
-    return param_factory_fixture(task_manager)
 
 
 def modify(tm: TaskManager, task_id: int, *, concurrency: int | None = None, meta: bytes | None = None) -> None:

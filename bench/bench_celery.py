@@ -33,6 +33,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from benchdb import fresh_dxf_database
 from celery import Celery
 
 from dxf_celery import DXF
@@ -156,20 +157,6 @@ class Processes:
                 pass
 
 
-def _reset_database(url: str) -> None:
-    from sqlalchemy import create_engine
-
-    from dxf_celery.storage import migrate
-    from dxf_celery.storage.tables import metadata
-
-    migrate(url)
-    engine = create_engine(url)
-    with engine.begin() as conn:
-        for table in reversed(metadata.sorted_tables):
-            conn.execute(table.delete())
-    engine.dispose()
-
-
 def _wait(predicate: Any, timeout: float, what: str, interval: float = 0.005) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -245,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     import redis
 
     redis.Redis.from_url(args.broker).flushdb()
-    _reset_database(db_url)
+    fresh_dxf_database(db_url)
     env = {"DXF_BENCH_BROKER": args.broker, "DXF_BENCH_DB_URL": db_url, "DXF_BENCH_SLOTS": str(args.concurrency)}
     os.environ.update(env)
     app.conf.broker_url = args.broker

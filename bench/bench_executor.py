@@ -17,12 +17,11 @@ import os
 import tempfile
 import time
 
-from sqlalchemy import create_engine, text
+from benchdb import fresh_dxf_database
 
 from dxf_celery.context import Context
 from dxf_celery.proto import NodeResource, Subtask, SubtaskState, Task, TaskState
-from dxf_celery.storage import TaskManager, migrate
-from dxf_celery.storage.tables import metadata
+from dxf_celery.storage import TaskManager
 from dxf_celery.taskexecutor import BaseStepExecutor, BaseTaskExecutor, Extension, Intervals, Param, SlotManager
 
 PG_ADMIN = os.environ.get("DXF_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
@@ -36,28 +35,9 @@ class NoopExtension(Extension):
 
 def database_url(kind: str, name: str, tmp: str) -> str:
     if kind == "sqlite":
-        url = f"sqlite:///{tmp}/bench.db"
-        migrate(url)
-        return url
-    if kind == "postgresql":
-        admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            if not conn.execute(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}).first():
-                conn.execute(text(f'CREATE DATABASE "{name}"'))
-        url = PG_ADMIN.rsplit("/", 1)[0] + "/" + name
-    else:
-        admin = create_engine(MYSQL_ADMIN)
-        with admin.begin() as conn:
-            conn.execute(text(f"CREATE DATABASE IF NOT EXISTS `{name}`"))
-        url = MYSQL_ADMIN.rsplit("/", 1)[0] + "/" + name
-    admin.dispose()
-    migrate(url)
-    engine = create_engine(url)
-    with engine.begin() as conn:
-        for table in reversed(metadata.sorted_tables):
-            conn.execute(table.delete())
-    engine.dispose()
-    return url
+        return fresh_dxf_database(f"sqlite:///{tmp}/bench.db")
+    admin = PG_ADMIN if kind == "postgresql" else MYSQL_ADMIN
+    return fresh_dxf_database(admin.rsplit("/", 1)[0] + "/" + name)
 
 
 def bench(url: str, n: int) -> float:

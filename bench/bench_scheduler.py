@@ -9,7 +9,7 @@
     python bench/bench_scheduler.py --db sqlite,postgresql --runs 7 --subtasks 100000
 
 PostgreSQL uses the database named by ``--pg-db`` on ``--pg-url`` (created if missing; its
-dxf tables are dropped and migrated again).
+dxf tables are migrated and emptied).
 """
 
 from __future__ import annotations
@@ -23,14 +23,13 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from sqlalchemy import create_engine, text
+from benchdb import fresh_dxf_database
 
 from dxf_celery import scheduler, taskexecutor
 from dxf_celery.context import Context
 from dxf_celery.proto import STEP_DONE, STEP_INIT, Subtask, Task, TaskBase, TaskState
 from dxf_celery.scheduler import BaseScheduler, SchedulerIntervals, TaskHandle
 from dxf_celery.storage import TaskManager, migrate
-from dxf_celery.storage.tables import metadata
 from dxf_celery.taskexecutor import BaseStepExecutor, BaseTaskExecutor, Intervals, StepExecutor
 from dxf_celery.testing import LocalCluster
 
@@ -79,19 +78,7 @@ def register(n: int) -> None:
 def fresh_url(kind: str, tmp: Path, pg_url: str, pg_db: str, name: str) -> str:
     if kind == "sqlite":
         return f"sqlite:///{tmp / (name + '.db')}"
-    admin = create_engine(pg_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        if not conn.execute(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": pg_db}).first():
-            conn.execute(text(f'CREATE DATABASE "{pg_db}"'))
-    admin.dispose()
-    url = pg_url.rsplit("/", 1)[0] + "/" + pg_db
-    engine = create_engine(url)
-    with engine.begin() as conn:
-        for table in reversed(metadata.sorted_tables):
-            conn.execute(text(f"DROP TABLE IF EXISTS {table.name}"))
-        conn.execute(text("DROP TABLE IF EXISTS dxf_alembic_version"))
-    engine.dispose()
-    return url
+    return fresh_dxf_database(pg_url.rsplit("/", 1)[0] + "/" + pg_db)
 
 
 def bench_latency(url: str, runs: int, *, production: bool) -> list[float]:

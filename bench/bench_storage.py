@@ -20,11 +20,10 @@ import tempfile
 import time
 from typing import Any
 
-from sqlalchemy import create_engine, text
+from benchdb import fresh_dxf_database
 
 from dxf_celery.proto import Subtask, SubtaskState, TaskState
-from dxf_celery.storage import TaskManager, migrate
-from dxf_celery.storage.tables import metadata
+from dxf_celery.storage import TaskManager
 
 EXEC_ID = "bench-node"
 BENCH_DB = os.environ.get("DXF_BENCH_DB_NAME", "dxf_bench")
@@ -32,27 +31,6 @@ DEFAULT_URLS = {
     "postgresql": f"postgresql+psycopg://postgres@127.0.0.1:5432/{BENCH_DB}",
     "mariadb": f"mysql+pymysql://root@127.0.0.1:3306/{BENCH_DB}",
 }
-
-
-def _prepare(kind: str, url: str) -> None:
-    """Create the server database if needed, migrate it, and empty the dxf tables."""
-    if kind == "postgresql":
-        admin = create_engine(url.rsplit("/", 1)[0] + "/postgres", isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            if not conn.execute(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": BENCH_DB}).first():
-                conn.execute(text(f'CREATE DATABASE "{BENCH_DB}"'))
-        admin.dispose()
-    elif kind == "mariadb":
-        admin = create_engine(url.rsplit("/", 1)[0] + "/mysql")
-        with admin.begin() as conn:
-            conn.execute(text(f"CREATE DATABASE IF NOT EXISTS `{BENCH_DB}`"))
-        admin.dispose()
-    migrate(url)
-    engine = create_engine(url)
-    with engine.begin() as conn:
-        for table in reversed(metadata.sorted_tables):
-            conn.execute(table.delete())
-    engine.dispose()
 
 
 def _plan(tm: TaskManager, key: str, n: int) -> list[int]:
@@ -142,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         rows: list[tuple[str, int, float]] = []
         for kind in kinds:
-            _prepare(kind, urls[kind])
+            fresh_dxf_database(urls[kind])
             for processes in counts:
                 rate = run_one(kind, urls[kind], args.subtasks, processes, f"bench-{processes}-{time.time_ns()}")
                 rows.append((kind, processes, rate))

@@ -156,7 +156,7 @@ class DXF(TaskClient):
 
     ``overrides`` take precedence over ``app.conf`` (same names without the ``dxf_`` prefix).
     The client API (``submit_task``, ``wait_task``, ...) comes from :class:`TaskClient`; every
-    write is followed by a scheduler wake-up message.
+    accepted write is followed by a scheduler wake-up message.
     """
 
     def __init__(self, app: Celery | None = None, **overrides: Any) -> None:

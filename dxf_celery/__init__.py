@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 _EXPORTS: dict[str, str] = {
     # the Celery extension
     "DXF": "dxf_celery.app",
+    "TaskClient": "dxf_celery.client",
     "DXFSettings": "dxf_celery.settings",
     "DXFConfigError": "dxf_celery.settings",
     # data
@@ -64,6 +65,7 @@ __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
     from dxf_celery.app import DXF as DXF
+    from dxf_celery.client import TaskClient as TaskClient
     from dxf_celery.context import Context as Context
     from dxf_celery.errors import (
         CancelSubtaskError as CancelSubtaskError,

@@ -14,11 +14,9 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from dxf_celery import handle
-from dxf_celery.proto import EMPTY_META, NORMAL_PRIORITY, ExtraParams, Subtask, Task, TaskState
+from dxf_celery.client import TaskClient
 from dxf_celery.settings import DXFConfigError, DXFSettings, check_celery_conf
 
 if TYPE_CHECKING:
@@ -153,10 +151,12 @@ def get_state(app: Celery) -> DXFState:
     return state
 
 
-class DXF:
+class DXF(TaskClient):
     """The Celery extension: ``dxf = DXF(app)``, then ``celery worker`` and ``celery beat`` as usual.
 
     ``overrides`` take precedence over ``app.conf`` (same names without the ``dxf_`` prefix).
+    The client API (``submit_task``, ``wait_task``, ...) comes from :class:`TaskClient`; every
+    accepted write is followed by a scheduler wake-up message.
     """
 
     def __init__(self, app: Celery | None = None, **overrides: Any) -> None:
@@ -210,81 +210,11 @@ class DXF:
 
         migrate(self.settings.database_url)
 
-    def wake(self) -> None:
-        """Ask for a scheduler pass now instead of at the next beat tick."""
-        self.state.send_wakeup("wake")
+    # ------------------------------------------------------------------ client API hooks
 
-    # ------------------------------------------------------------------ handle API
-
-    def submit_task(
-        self,
-        key: str,
-        task_type: str,
-        *,
-        meta: bytes = EMPTY_META,
-        concurrency: int = 1,
-        priority: int = NORMAL_PRIORITY,
-        target_scope: str = "",
-        max_node_count: int = 0,
-        extra_params: ExtraParams | None = None,
-    ) -> Task:
-        """Create a pending task; a scheduler pass plans it (a wake-up is sent at once)."""
-        task = handle.submit_task(
-            self.task_manager, key, task_type, meta=meta, concurrency=concurrency, priority=priority,
-            target_scope=target_scope, max_node_count=max_node_count, extra_params=extra_params,
-        )
-        self.state.send_wakeup("submit")
-        return task
-
-    def get_task(self, key_or_id: str | int) -> Task:
-        return handle.get_task(self.task_manager, key_or_id)
-
-    def wait_task(
-        self, task_id: int, timeout: float | None = None, raise_error: bool = True, poll_interval: float = 0.3
-    ) -> Task:
-        return handle.wait_task(self.task_manager, task_id, timeout=timeout, raise_error=raise_error,
-                                poll_interval=poll_interval)
-
-    def cancel_task(self, key_or_id: str | int) -> bool:
-        done = handle.cancel_task(self.task_manager, key_or_id)
-        if done:
-            self.state.send_wakeup("cancel")
-        return done
-
-    def pause_task(self, key_or_id: str | int) -> bool:
-        done = handle.pause_task(self.task_manager, key_or_id)
-        if done:
-            self.state.send_wakeup("pause")
-        return done
-
-    def resume_task(self, key_or_id: str | int) -> bool:
-        done = handle.resume_task(self.task_manager, key_or_id)
-        if done:
-            self.state.send_wakeup("resume")
-        return done
-
-    def resolve_task(self, key_or_id: str | int) -> bool:
-        done = handle.resolve_task(self.task_manager, key_or_id)
-        if done:
-            self.state.send_wakeup("resolve")
-        return done
-
-    def modify_task(
-        self, task_id: int, *, concurrency: int | None = None, max_node_count: int | None = None,
-        modifications: Sequence[Any] = (),
-    ) -> None:
-        handle.modify_task(self.task_manager, task_id, concurrency=concurrency,
-                           max_node_count=max_node_count, modifications=modifications)
-        self.state.send_wakeup("modify")
-
-    def list_tasks(self, states: Sequence[TaskState | str] | None = None, limit: int = 100) -> list[Task]:
-        return handle.list_tasks(self.task_manager, states=states, limit=limit)
-
-    def get_subtasks(self, task_id: int, step: int | None = None) -> list[Subtask]:
-        return handle.get_subtasks(self.task_manager, task_id, step=step)
-
-    def get_task_progress(self, task_id: int) -> handle.TaskProgress:
-        return handle.get_task_progress(self.task_manager, task_id)
+    def _wake(self, reason: str) -> None:
+        """After a write, ask a worker for a scheduler pass now (beat would do it at its next tick)."""
+        self.state.send_wakeup(reason)
 
     def __repr__(self) -> str:
         app = self._state.app.main if self._state is not None else None

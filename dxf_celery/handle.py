@@ -1,8 +1,9 @@
 """The client API: submit tasks, watch them, and steer them (cancel, pause, resume, modify).
 
-Every function takes the :class:`~dxf_celery.storage.TaskManager` first; the Celery
-extension and :class:`~dxf_celery.testing.LocalCluster` wrap them. They only write the
-requested state; the scheduler notices on its next pass and does the work.
+Every function takes the :class:`~dxf_celery.storage.TaskManager` first;
+:class:`~dxf_celery.client.TaskClient` (the base of ``DXF``, ``LocalCluster`` and ``DXFFlask``)
+calls them with its own. They only write the requested state; the scheduler notices on its
+next pass and does the work.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dxf_celery.errors import (
     InvalidTaskError,
@@ -35,12 +36,16 @@ from dxf_celery.proto import (
     TaskState,
 )
 from dxf_celery.retry import run_with_retry
-from dxf_celery.storage import TaskManager
+
+if TYPE_CHECKING:
+    from dxf_celery.storage import TaskManager
 
 logger = logging.getLogger(__name__)
 
 #: How often :func:`wait_task` polls (DXF: 300 ms).
 WAIT_POLL_INTERVAL = 0.3
+#: How many tasks :func:`list_tasks` returns unless told otherwise.
+DEFAULT_LIST_LIMIT = 100
 
 _WAIT_END_STATES = frozenset({TaskState.SUCCEED, TaskState.REVERTED, TaskState.FAILED, TaskState.PAUSED})
 
@@ -96,14 +101,17 @@ def wait_task(
     task_id: int,
     timeout: float | None = None,
     raise_error: bool = True,
-    poll_interval: float = WAIT_POLL_INTERVAL,
+    poll_interval: float | None = None,
 ) -> Task:
     """Poll until the task is succeed, reverted, failed or paused and return it.
 
     With ``raise_error`` a failed or reverted task raises :class:`TaskFailedError` (carrying
     the task and its stored error). Past ``timeout`` seconds raises :class:`TimeoutError`.
     An unreachable database while polling is logged and polling goes on, as in DXF.
+    ``poll_interval`` defaults to :data:`WAIT_POLL_INTERVAL`.
     """
+    if poll_interval is None:
+        poll_interval = WAIT_POLL_INTERVAL
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         try:
@@ -218,7 +226,9 @@ def modify_task(
                 raise
 
 
-def list_tasks(tm: TaskManager, states: Sequence[TaskState | str] | None = None, limit: int = 100) -> list[Task]:
+def list_tasks(
+    tm: TaskManager, states: Sequence[TaskState | str] | None = None, limit: int = DEFAULT_LIST_LIMIT
+) -> list[Task]:
     """Tasks, live first then history, in rank order, optionally only in ``states``."""
     return tm.list_tasks(states, limit=limit)
 
@@ -293,6 +303,8 @@ def _int(value: object) -> int:
 
 
 __all__ = [
+    "DEFAULT_LIST_LIMIT",
+    "WAIT_POLL_INTERVAL",
     "StepProgress",
     "TaskProgress",
     "cancel_task",

@@ -8,28 +8,47 @@ its subtasks over once the node TTL passed.
     with LocalCluster("sqlite:///t.db", nodes=3, slots=8, check_interval=0.05) as cluster:
         task = cluster.submit_task("k1", "my_type", meta=b"{}", concurrency=2)
         done = cluster.wait_task(task.id, timeout=30)
+
+Each cluster names its nodes and schedulers after a random token (``local-3f9a2c1d-node-1``)
+and deletes its node rows when it stops, so clusters one after the other on one database
+never plan onto each other's nodes. Clusters running *at once* on one database share the
+scheduler lease and the node table, as workers of one DXF cluster do: whichever scheduler
+holds the lease plans every task onto every live node. To keep them apart, create each with
+``isolated=True`` and submit with ``target_scope=cluster.scope``: its nodes then carry that
+cluster-unique scope as their role, so its tasks run only on its own nodes (every process
+must register the task types, since any of the schedulers may plan any task).
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
+import logging
 import threading
-from collections.abc import Sequence
+import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from types import TracebackType
-from typing import Any
 
 from dxf_celery import handle, scheduler, taskexecutor
+from dxf_celery.client import TaskClient
 from dxf_celery.context import Context
-from dxf_celery.proto import NodeResource, Subtask, Task
+from dxf_celery.proto import NodeResource
 from dxf_celery.storage import TaskManager, migrate
+
+logger = logging.getLogger(__name__)
 
 #: Memory given to each in-process node per slot (only used to size step resources).
 MEM_PER_SLOT = 1 << 30
 
 
-class LocalCluster:
-    """In-process nodes plus a scheduler over one database; a context manager."""
+class LocalCluster(TaskClient):
+    """In-process nodes plus a scheduler over one database; a context manager.
+
+    The client API (``submit_task``, ``wait_task``, ...) is :class:`TaskClient`'s; writes wake
+    nothing, the scheduler threads poll every ``check_interval``. ``isolated=True`` gives every
+    node the cluster-unique role :attr:`scope` (see the module docstring).
+    """
 
     def __init__(
         self,
@@ -40,6 +59,7 @@ class LocalCluster:
         *,
         node_ttl: float = 3.0,
         roles: Sequence[str] | None = None,
+        isolated: bool = False,
         scheduler_intervals: scheduler.SchedulerIntervals | None = None,
         executor_intervals: taskexecutor.Intervals | None = None,
         lease_ttl: float = 5.0,
@@ -49,11 +69,17 @@ class LocalCluster:
             raise ValueError("LocalCluster needs nodes >= 0 and slots >= 1")
         if roles is not None and len(roles) != nodes:
             raise ValueError(f"roles must name one role per node ({nodes}), got {len(roles)}")
+        if isolated and roles is not None:
+            raise ValueError("an isolated LocalCluster gives every node its own scope as role; do not pass roles")
+        #: Unique per cluster: the prefix of its exec ids and scheduler owner ids.
+        self.name = f"local-{uuid.uuid4().hex[:8]}"
+        #: The role of this cluster's nodes: its name when isolated, else "" (submit with it as target_scope).
+        self.scope = self.name if isolated else ""
         self.url = url
         self.slots = slots
         self.check_interval = check_interval
         self.lease_ttl = lease_ttl
-        self._initial_roles = list(roles) if roles is not None else [""] * nodes
+        self._initial_roles = list(roles) if roles is not None else [self.scope] * nodes
         self._migrate = migrate_db
         self.scheduler_intervals = scheduler_intervals or replace(
             scheduler.SchedulerIntervals.fast(), schedule=check_interval, node_ttl=node_ttl
@@ -64,6 +90,8 @@ class LocalCluster:
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
         self._nodes: dict[str, taskexecutor.Manager] = {}
+        # Every node this cluster registered, stopped or not: their rows are deleted at stop.
+        self._registered: list[str] = []
         self._schedulers: list[scheduler.Manager] = []
         self._tm: TaskManager | None = None
         self.ctx = Context.background()
@@ -80,28 +108,52 @@ class LocalCluster:
         self.stop()
 
     def start(self) -> None:
-        """Migrate the database, start the nodes and the scheduler."""
+        """Migrate the database, start the nodes and the scheduler; a failed start stops what began."""
         if self._migrate:
             migrate(self.url)
         self._tm = TaskManager(self.url)
-        for role in self._initial_roles:
-            self.add_node(role=role)
-        self.add_scheduler("local-scheduler")
+        try:
+            for role in self._initial_roles:
+                self.add_node(role=role)
+            self.add_scheduler(f"{self.name}-scheduler")
+        except BaseException:
+            self.stop()
+            raise
 
     def stop(self) -> None:
-        """Stop the schedulers, then every node (their executors are cancelled)."""
+        """Stop the schedulers, then every node (their executors are cancelled), then delete the node rows.
+
+        Every step is attempted even when an earlier one failed (the first error is raised at
+        the end), so no row of this cluster is left for a later cluster to plan onto.
+        Calling it again does nothing more.
+        """
         with self._lock:
             schedulers, self._schedulers = self._schedulers, []
             nodes, self._nodes = list(self._nodes.values()), {}
+            registered, self._registered = self._registered, []
+        errors: list[Exception] = []
+
+        def attempt(what: str, fn: Callable[[], object]) -> None:
+            try:
+                fn()
+            except Exception as err:
+                logger.warning("LocalCluster %s: %s failed: %s", self.name, what, err)
+                errors.append(err)
+
         for sched in schedulers:
-            sched.stop()
+            attempt(f"stopping scheduler {sched.owner_id}", sched.stop)
         for node in nodes:
-            node.cancel()
+            attempt(f"cancelling node {node.exec_id}", node.cancel)
         for node in nodes:
-            node.stop(timeout=10.0)
+            attempt(f"stopping node {node.exec_id}", functools.partial(node.stop, timeout=10.0))
         self.ctx.cancel()
-        if self._tm is not None:
-            self._tm.dispose()
+        tm = self._tm
+        if tm is not None:
+            if registered:
+                attempt(f"deleting nodes {', '.join(registered)}", lambda: tm.delete_dead_nodes(registered))
+            tm.dispose()
+        if errors:
+            raise errors[0]
 
     @property
     def task_manager(self) -> TaskManager:
@@ -121,17 +173,22 @@ class LocalCluster:
         with self._lock:
             return self._nodes[exec_id]
 
-    def add_node(self, role: str = "") -> str:
-        """Start one more node (it registers itself) and return its exec id."""
-        exec_id = f"local-node-{next(self._ids)}"
+    def add_node(self, role: str | None = None) -> str:
+        """Start one more node (it registers itself) and return its exec id.
+
+        ``role`` defaults to the cluster's :attr:`scope` ("" unless the cluster is isolated).
+        """
+        exec_id = f"{self.name}-node-{next(self._ids)}"
         mgr = taskexecutor.Manager(
             self.ctx,
             self.task_manager,
             exec_id,
             NodeResource(total_cpu=self.slots, total_mem=self.slots * MEM_PER_SLOT),
-            role=role,
+            role=self.scope if role is None else role,
             intervals=self.executor_intervals,
         )
+        with self._lock:
+            self._registered.append(exec_id)
         mgr.init_meta()
         with self._lock:
             self._nodes[exec_id] = mgr
@@ -141,7 +198,8 @@ class LocalCluster:
     def stop_node(self, exec_id: str) -> None:
         """Cancel that node's Manager and executors: no more heartbeats, its rows stay as they are.
 
-        The scheduler deletes the node once its TTL passed and moves its subtasks.
+        The scheduler deletes the node once its TTL passed and moves its subtasks (and the
+        cluster deletes it when it stops, if it is still there).
         """
         with self._lock:
             mgr = self._nodes.pop(exec_id)
@@ -151,7 +209,7 @@ class LocalCluster:
         """Start one more scheduler Manager thread (they compete for the lease)."""
         sched = scheduler.Manager(
             self.task_manager,
-            owner_id=owner_id or f"local-scheduler-{next(self._ids)}",
+            owner_id=owner_id or f"{self.name}-scheduler-{next(self._ids)}",
             lease_ttl=self.lease_ttl,
             intervals=self.scheduler_intervals,
         )
@@ -171,38 +229,10 @@ class LocalCluster:
         with self._lock:
             return list(self._schedulers)
 
-    # ------------------------------------------------------------------ the handle API
+    # ------------------------------------------------------------------ client API hooks
 
-    def submit_task(self, key: str, task_type: str, **kwargs: Any) -> Task:
-        return handle.submit_task(self.task_manager, key, task_type, **kwargs)
-
-    def wait_task(self, task_id: int, timeout: float | None = None, raise_error: bool = True) -> Task:
-        poll = min(self.check_interval, handle.WAIT_POLL_INTERVAL)
-        return handle.wait_task(self.task_manager, task_id, timeout, raise_error, poll_interval=poll)
-
-    def get_task(self, key_or_id: str | int) -> Task:
-        return handle.get_task(self.task_manager, key_or_id)
-
-    def get_subtasks(self, task_id: int, step: int | None = None) -> list[Subtask]:
-        return handle.get_subtasks(self.task_manager, task_id, step)
-
-    def cancel_task(self, key_or_id: str | int) -> bool:
-        return handle.cancel_task(self.task_manager, key_or_id)
-
-    def pause_task(self, key_or_id: str | int) -> bool:
-        return handle.pause_task(self.task_manager, key_or_id)
-
-    def resume_task(self, key_or_id: str | int) -> bool:
-        return handle.resume_task(self.task_manager, key_or_id)
-
-    def resolve_task(self, key_or_id: str | int) -> bool:
-        return handle.resolve_task(self.task_manager, key_or_id)
-
-    def modify_task(self, task_id: int, **kwargs: Any) -> None:
-        handle.modify_task(self.task_manager, task_id, **kwargs)
-
-    def get_task_progress(self, task_id: int) -> handle.TaskProgress:
-        return handle.get_task_progress(self.task_manager, task_id)
+    def _wait_poll_interval(self) -> float:
+        return min(self.check_interval, handle.WAIT_POLL_INTERVAL)
 
 
 __all__ = ["LocalCluster"]

@@ -60,8 +60,9 @@ def test_new_node_gets_pending_subtasks(cluster_url: str) -> None:
 def test_two_scheduler_owners_at_once(cluster_url: str) -> None:
     """Split brain: a second scheduler with the same owner id holds the lease at the same time."""
     with LocalCluster(cluster_url, nodes=3) as cluster:
-        cluster.add_scheduler("local-scheduler")
-        cluster.add_scheduler("local-scheduler")
+        owner = cluster.schedulers[0].owner_id
+        cluster.add_scheduler(owner)
+        cluster.add_scheduler(owner)
         tasks = [cluster.submit_task(f"k{i}", TASK_TYPE, meta=demo_meta(steps=3, subtasks=5)) for i in range(3)]
         for t in tasks:
             assert cluster.wait_task(t.id, timeout=TIMEOUT).state == TaskState.SUCCEED

@@ -18,24 +18,28 @@ from the Celery config (``app.config["CELERY"]["dxf_database_url"]``) or from Fl
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from dxf_celery.app import DXF
-from dxf_celery.handle import TaskProgress
-from dxf_celery.proto import EMPTY_META, NORMAL_PRIORITY, Subtask, Task, TaskState
+from dxf_celery.client import TaskClient
 from dxf_celery.settings import PREFIX, DXFConfigError, DXFSettings
 
 if TYPE_CHECKING:
     from celery import Celery
     from flask import Flask
 
+    from dxf_celery.storage import TaskManager
+
 EXTENSION_KEY = "dxf"
 _SETTING_NAMES = tuple(f"{PREFIX}{name}" for name in DXFSettings.__dataclass_fields__)
 
 
-class DXFFlask:
-    """Flask extension; one object may serve several Flask apps (``init_app`` pattern)."""
+class DXFFlask(TaskClient):
+    """Flask extension; one object may serve several Flask apps (``init_app`` pattern).
+
+    Its client API (``submit_task``, ``wait_task``, ...) is :class:`TaskClient`'s, run on the
+    DXF of the current Flask app, so it behaves exactly as that DXF (wake-ups included).
+    """
 
     def __init__(self, app: Flask | None = None, celery_app: Celery | None = None, **overrides: Any) -> None:
         self._overrides = overrides
@@ -76,48 +80,17 @@ class DXFFlask:
             raise DXFConfigError("this Flask app has no DXF: call DXFFlask.init_app(app)")
         return dxf
 
-    # The handle API, bound to the current app's DXF.
+    # The client API (from TaskClient), bound to the current app's DXF.
 
-    def submit_task(
-        self,
-        key: str,
-        task_type: str,
-        *,
-        meta: bytes = EMPTY_META,
-        concurrency: int = 1,
-        priority: int = NORMAL_PRIORITY,
-        target_scope: str = "",
-        max_node_count: int = 0,
-    ) -> Task:
-        return self.dxf.submit_task(key, task_type, meta=meta, concurrency=concurrency, priority=priority,
-                                    target_scope=target_scope, max_node_count=max_node_count)
+    @property
+    def task_manager(self) -> TaskManager:
+        return self.dxf.task_manager
 
-    def get_task(self, key_or_id: str | int) -> Task:
-        return self.dxf.get_task(key_or_id)
+    def _wake(self, reason: str) -> None:
+        self.dxf._wake(reason)
 
-    def wait_task(self, task_id: int, timeout: float | None = None, raise_error: bool = True) -> Task:
-        return self.dxf.wait_task(task_id, timeout=timeout, raise_error=raise_error)
-
-    def cancel_task(self, key_or_id: str | int) -> bool:
-        return self.dxf.cancel_task(key_or_id)
-
-    def pause_task(self, key_or_id: str | int) -> bool:
-        return self.dxf.pause_task(key_or_id)
-
-    def resume_task(self, key_or_id: str | int) -> bool:
-        return self.dxf.resume_task(key_or_id)
-
-    def modify_task(self, task_id: int, *, concurrency: int | None = None, max_node_count: int | None = None) -> None:
-        self.dxf.modify_task(task_id, concurrency=concurrency, max_node_count=max_node_count)
-
-    def list_tasks(self, states: Sequence[TaskState | str] | None = None, limit: int = 100) -> list[Task]:
-        return self.dxf.list_tasks(states, limit)
-
-    def get_subtasks(self, task_id: int, step: int | None = None) -> list[Subtask]:
-        return self.dxf.get_subtasks(task_id, step)
-
-    def get_task_progress(self, task_id: int) -> TaskProgress:
-        return self.dxf.get_task_progress(task_id)
+    def _wait_poll_interval(self) -> float:
+        return self.dxf._wait_poll_interval()
 
 
 def get_dxf() -> DXF:

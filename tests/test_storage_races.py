@@ -17,8 +17,7 @@ from storage_helpers import claim_worker, new_task, plan, running_task
 
 from dxf_celery.errors import SubtaskNotFoundError, TaskAlreadyExistsError
 from dxf_celery.proto import STEP_INIT, SubtaskState, TaskState
-from dxf_celery.storage import TaskManager
-from dxf_celery.storage import task_manager as tm_module
+from dxf_celery.storage import TaskManager, step_switch
 
 ROUNDS = 25
 
@@ -87,7 +86,7 @@ def test_switch_task_step_race_inserts_once(task_manager: TaskManager, db_url: s
 def test_switch_task_step_in_batch_race_inserts_once(
     task_manager: TaskManager, db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(tm_module, "MAX_SUBTASK_BATCH_BYTES", 16)  # a few subtasks per batch
+    monkeypatch.setattr(step_switch, "MAX_SUBTASK_BATCH_BYTES", 16)  # a few subtasks per batch
     rounds = 8
     tasks = [new_task(task_manager, f"k{r}") for r in range(rounds)]
 
@@ -128,7 +127,7 @@ def test_guarded_transition_race_has_one_winner(task_manager: TaskManager, db_ur
     def op(tm: TaskManager, racer: int, r: int) -> bool:
         # Racer 0 cancels, racer 1 plans: the task ends in exactly one of the two outcomes.
         if racer == 0:
-            return tm.cancel_task(tasks[r].id)
+            return tm.request_cancel(tasks[r].id)
         return tm.switch_task_step(tasks[r], TaskState.RUNNING, 1, plan(tasks[r], 1, ["n1"], 2))
 
     for r, (cancelled, switched) in enumerate(race(db_url, rounds, op)):
@@ -171,7 +170,7 @@ def test_transfer_to_history_race_moves_once(task_manager: TaskManager, db_url: 
         for s in task_manager.get_subtasks(task.id):
             task_manager.start_subtask(s.id, "n1")
             task_manager.finish_subtask("n1", s.id, b"done")
-        assert task_manager.succeed_task(task.id)
+        assert task_manager.succeed(task.id)
         tasks.append(task_manager.get_task_by_id(task.id))
 
     def op(tm: TaskManager, racer: int, r: int) -> int:
@@ -219,7 +218,7 @@ def test_reads_over_live_and_history_never_see_a_row_twice(task_manager: TaskMan
         for s in tm.get_subtasks(task.id):
             tm.start_subtask(s.id, s.exec_id)
             tm.finish_subtask(s.exec_id, s.id, b"done")
-        assert tm.succeed_task(task.id)
+        assert tm.succeed(task.id)
         tasks.append(tm.get_task_by_id(task.id))
     readers = [TaskManager(db_url) for _ in range(2)]
     seen: list[tuple[int, int]] = []  # (subtasks seen, step-1 count in the progress counts)

@@ -16,7 +16,7 @@ import pytest
 from storage_helpers import claim_worker, new_task, plan, running_task
 
 from dxf_celery.errors import SubtaskNotFoundError, TaskAlreadyExistsError
-from dxf_celery.proto import STEP_INIT, SubtaskState, TaskState
+from dxf_celery.proto import STEP_INIT, Modification, ModifyParam, SubtaskState, TaskState
 from dxf_celery.storage import TaskManager, step_switch
 
 ROUNDS = 25
@@ -243,3 +243,38 @@ def test_reads_over_live_and_history_never_see_a_row_twice(task_manager: TaskMan
             r.dispose()
     assert seen and all(x == (4, 4) for x in seen), [x for x in seen if x != (4, 4)][:5]
     assert len(tm.list_tasks(limit=100)) == len(tasks)
+
+
+def test_opposite_user_requests_race_has_one_winner(task_manager: TaskManager, db_url: str) -> None:
+    """Pause and cancel from the same state: the table lets exactly one of them through."""
+    rounds = 12
+    tasks = [running_task(task_manager, f"k{r}", n=1) for r in range(rounds)]
+
+    def op(tm: TaskManager, racer: int, r: int) -> bool:
+        return tm.request_pause(tasks[r].id) if racer == 0 else tm.request_cancel(tasks[r].id)
+
+    for r, (paused, cancelled) in enumerate(race(db_url, rounds, op)):
+        assert [paused, cancelled].count(True) == 1, f"round {r}: {paused, cancelled}"
+        state = task_manager.get_task_by_id(tasks[r].id).state
+        assert state == (TaskState.PAUSING if paused else TaskState.CANCELLING), f"round {r}: {state}"
+
+
+def test_finish_modifying_race_applies_once(task_manager: TaskManager, db_url: str) -> None:
+    """Two schedulers (a lease hand-over) apply one modification: one wins, one is a no-op."""
+    rounds = 8
+    tasks = []
+    for r in range(rounds):
+        task = running_task(task_manager, f"k{r}", n=1)
+        mods = (Modification("modify_concurrency", 2),)
+        task_manager.modify_task_by_id(task.id, ModifyParam(TaskState.RUNNING, mods))
+        modifying = task_manager.get_task_by_id(task.id)
+        modifying.concurrency = 2
+        tasks.append(modifying)
+
+    def op(tm: TaskManager, racer: int, r: int) -> bool:
+        return tm.finish_modifying(tasks[r])
+
+    for r, pair in enumerate(race(db_url, rounds, op)):
+        assert sorted(pair) == [False, True], f"round {r}: {pair}"
+        after = task_manager.get_task_by_id(tasks[r].id)
+        assert (after.state, after.concurrency, after.modify_param) == (TaskState.RUNNING, 2, None)

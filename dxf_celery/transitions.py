@@ -2,7 +2,8 @@
 
 Storage's compare-and-set reads this table (one guarded ``UPDATE ... WHERE state IN
 (from-states)`` per verb), so a move that is not listed here cannot happen, and the docs
-draw the state diagram from it (:func:`state_diagram`; ``python -m dxf_celery.transitions``).
+draw the state diagram from it (:func:`state_diagram`; ``python -m dxf_celery.transitions``
+prints the generated part of ``docs/task-states.md``).
 Verbs come in pairs whose names say who moves and which half of the move it is
 (``request_pause`` by a user, ``finish_pausing`` by the scheduler), so the two cannot be
 mistaken for each other. Pure data: no I/O and no SQLAlchemy.
@@ -90,34 +91,81 @@ _MODIFIABLE = (S.PENDING, S.RUNNING, S.PAUSED)
 TRANSITIONS: dict[Verb, Transition] = {
     t.verb: t
     for t in (
-        _t(Verb.REQUEST_CANCEL, (S.PENDING, S.RUNNING, S.AWAITING_RESOLUTION), S.CANCELLING, Actor.USER,
-           "the user cancels; the scheduler then reverts the task"),
-        _t(Verb.REQUEST_PAUSE, (S.PENDING, S.RUNNING), S.PAUSING, Actor.USER,
-           "the user pauses; nodes pause their subtasks"),
-        _t(Verb.FINISH_PAUSING, (S.PAUSING,), S.PAUSED, Actor.SCHEDULER,
-           "no subtask of the task is active any more"),
-        _t(Verb.REQUEST_RESUME, (S.PAUSED,), S.RESUMING, Actor.USER,
-           "the user resumes a paused task"),
-        _t(Verb.FINISH_RESUMING, (S.RESUMING,), S.RUNNING, Actor.SCHEDULER,
-           "every paused subtask is pending again"),
-        _t(Verb.REQUEST_MODIFY, _MODIFIABLE, S.MODIFYING, Actor.USER,
-           "the user changes concurrency, node count or meta (raises TaskChangedError on a race)"),
-        _t(Verb.FINISH_MODIFYING, (S.MODIFYING,), None, Actor.SCHEDULER,
-           "the change is applied; back to the state before the request", _MODIFIABLE),
-        _t(Verb.SWITCH_STEP, (S.PENDING, S.RUNNING), S.RUNNING, Actor.SCHEDULER,
-           "the next step is planned (guarded by the step too) with its subtasks"),
-        _t(Verb.SUCCEED, (S.RUNNING,), S.SUCCEED, Actor.SCHEDULER,
-           "every step is done; the step becomes STEP_DONE"),
-        _t(Verb.START_REVERTING, (S.PENDING, S.RUNNING, S.CANCELLING), S.REVERTING, Actor.SCHEDULER,
-           "a subtask or the planning failed, or the task was cancelled; the error is stored"),
-        _t(Verb.FINISH_REVERTING, (S.REVERTING,), S.REVERTED, Actor.SCHEDULER,
-           "no subtask is active any more and on_done ran"),
-        _t(Verb.AWAIT_RESOLUTION, (S.RUNNING,), S.AWAITING_RESOLUTION, Actor.SCHEDULER,
-           "a subtask failed and the task asked for manual recovery; the error is stored"),
-        _t(Verb.RESOLVE, (S.AWAITING_RESOLUTION,), S.RUNNING, Actor.USER,
-           "an operator fixed the cause; failed/canceled subtasks of the step are pending again"),
-        _t(Verb.FAIL, tuple(UNFINISHED_TASK_STATES), S.FAILED, Actor.SCHEDULER,
-           "the task can never run (unknown type, scheduler init error); the error is stored"),
+        _t(
+            Verb.REQUEST_CANCEL,
+            (S.PENDING, S.RUNNING, S.AWAITING_RESOLUTION),
+            S.CANCELLING,
+            Actor.USER,
+            "the user cancels; the scheduler then reverts the task",
+        ),
+        _t(
+            Verb.REQUEST_PAUSE,
+            (S.PENDING, S.RUNNING),
+            S.PAUSING,
+            Actor.USER,
+            "the user pauses; nodes pause their subtasks",
+        ),
+        _t(Verb.FINISH_PAUSING, (S.PAUSING,), S.PAUSED, Actor.SCHEDULER, "no subtask of the task is active any more"),
+        _t(Verb.REQUEST_RESUME, (S.PAUSED,), S.RESUMING, Actor.USER, "the user resumes a paused task"),
+        _t(Verb.FINISH_RESUMING, (S.RESUMING,), S.RUNNING, Actor.SCHEDULER, "every paused subtask is pending again"),
+        _t(
+            Verb.REQUEST_MODIFY,
+            _MODIFIABLE,
+            S.MODIFYING,
+            Actor.USER,
+            "the user changes concurrency, node count or meta (raises TaskChangedError on a race)",
+        ),
+        _t(
+            Verb.FINISH_MODIFYING,
+            (S.MODIFYING,),
+            None,
+            Actor.SCHEDULER,
+            "the change is applied; back to the state before the request",
+            _MODIFIABLE,
+        ),
+        _t(
+            Verb.SWITCH_STEP,
+            (S.PENDING, S.RUNNING),
+            S.RUNNING,
+            Actor.SCHEDULER,
+            "the next step is planned (guarded by the step too) with its subtasks",
+        ),
+        _t(Verb.SUCCEED, (S.RUNNING,), S.SUCCEED, Actor.SCHEDULER, "every step is done; the step becomes STEP_DONE"),
+        _t(
+            Verb.START_REVERTING,
+            (S.PENDING, S.RUNNING, S.CANCELLING),
+            S.REVERTING,
+            Actor.SCHEDULER,
+            "a subtask or the planning failed, or the task was cancelled; the error is stored",
+        ),
+        _t(
+            Verb.FINISH_REVERTING,
+            (S.REVERTING,),
+            S.REVERTED,
+            Actor.SCHEDULER,
+            "no subtask is active any more and on_done ran",
+        ),
+        _t(
+            Verb.AWAIT_RESOLUTION,
+            (S.RUNNING,),
+            S.AWAITING_RESOLUTION,
+            Actor.SCHEDULER,
+            "a subtask failed and the task asked for manual recovery; the error is stored",
+        ),
+        _t(
+            Verb.RESOLVE,
+            (S.AWAITING_RESOLUTION,),
+            S.RUNNING,
+            Actor.USER,
+            "an operator fixed the cause; failed/canceled subtasks of the step are pending again",
+        ),
+        _t(
+            Verb.FAIL,
+            tuple(UNFINISHED_TASK_STATES),
+            S.FAILED,
+            Actor.SCHEDULER,
+            "the task can never run (unknown type, scheduler init error); the error is stored",
+        ),
     )
 }
 
@@ -136,7 +184,9 @@ MODIFIABLE_TASK_STATES = _ordered(TRANSITIONS[Verb.REQUEST_MODIFY].from_states)
 
 def state_diagram() -> str:
     """The table as a Mermaid ``stateDiagram-v2``: one arrow per (from-state, to-state, verb)."""
-    lines = ["stateDiagram-v2", f"    [*] --> {_node(TaskState.PENDING)}"]
+    lines = ["stateDiagram-v2"]
+    lines += [f'    state "{s.value}" as {_node(s)}' for s in TaskState if _node(s) != s.value]
+    lines.append(f"    [*] --> {_node(TaskState.PENDING)}")
     for t in TRANSITIONS.values():
         for src in _ordered(t.from_states):
             for dst in _ordered(t.targets()):
@@ -151,10 +201,23 @@ def transition_table_markdown() -> str:
     rows = ["| verb | who | from | to | why |", "|---|---|---|---|---|"]
     for t in TRANSITIONS.values():
         froms = ", ".join(s.value for s in _ordered(t.from_states))
-        to = t.to_state.value if t.to_state is not None else "previous (" + ", ".join(
-            s.value for s in _ordered(t.returns_to)) + ")"
+        to = (
+            t.to_state.value
+            if t.to_state is not None
+            else "previous (" + ", ".join(s.value for s in _ordered(t.returns_to)) + ")"
+        )
         rows.append(f"| `{t.verb.value}` | {t.actor.value} | {froms} | {to} | {t.why} |")
     return "\n".join(rows) + "\n"
+
+
+#: The markers around the generated part of ``docs/task-states.md``.
+DOC_BEGIN = "<!-- generated by `python -m dxf_celery.transitions`: do not edit by hand -->"
+DOC_END = "<!-- end of generated part -->"
+
+
+def docs_block() -> str:
+    """The generated part of ``docs/task-states.md``: the diagram, then the table."""
+    return f"{DOC_BEGIN}\n\n```mermaid\n{state_diagram()}```\n\n{transition_table_markdown()}\n{DOC_END}\n"
 
 
 def _node(state: TaskState) -> str:
@@ -163,4 +226,4 @@ def _node(state: TaskState) -> str:
 
 
 if __name__ == "__main__":
-    print(state_diagram(), end="")
+    print(docs_block(), end="")

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection, Engine
 from sqlalchemy.engine import URL
 
-from dxf_celery.storage.engine import build_engines, is_memory_sqlite, is_sqlite, run_transaction, safe_url
+from dxf_celery.storage.engine import build_engines, is_memory_sqlite, run_transaction, safe_url
 
 T = TypeVar("T")
 
@@ -36,7 +36,6 @@ class StorageBase:
         else:
             self.read_engine, self.write_engine = build_engines(url_or_engine)
         self.url = safe_url(self.write_engine.url)
-        self._sqlite = is_sqlite(self.write_engine)
         # ``sqlite://`` is one shared connection: transactions from two threads would interleave.
         self._lock: contextlib.AbstractContextManager[Any] = (
             threading.RLock() if is_memory_sqlite(self.write_engine) else contextlib.nullcontext()

@@ -181,9 +181,7 @@ class TaskTransitions(StorageBase):
 
     def start_reverting(self, task_id: int, current_state: TaskState, err: BaseException | None) -> bool:
         """``current_state`` (pending/running/cancelling) → reverting, storing ``err``."""
-        return self._move(
-            Verb.START_REVERTING, task_id, expected=current_state, values={"error": serialize_error(err)}
-        )
+        return self._move(Verb.START_REVERTING, task_id, expected=current_state, values={"error": serialize_error(err)})
 
     def finish_reverting(self, task_id: int) -> bool:
         """reverting → reverted (no subtask is active any more)."""

@@ -201,12 +201,7 @@ class TaskReads(StorageBase):
 
     def _top_tasks(self, states: Iterable[TaskState], limit: int) -> list[TaskBase]:
         cols = [task_table.c[c] for c in TASK_BASE_COLUMNS]
-        stmt = (
-            select(*cols)
-            .where(task_table.c.state.in_(values_of(states)))
-            .order_by(*rank(task_table))
-            .limit(limit)
-        )
+        stmt = select(*cols).where(task_table.c.state.in_(values_of(states))).order_by(*rank(task_table)).limit(limit)
         return self._read(lambda conn: [task_base_from_row(r) for r in conn.execute(stmt)])
 
     def list_tasks(

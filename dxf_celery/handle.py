@@ -24,7 +24,6 @@ from dxf_celery.errors import (
 )
 from dxf_celery.proto import (
     EMPTY_META,
-    MODIFIABLE_TASK_STATES,
     NORMAL_PRIORITY,
     ExtraParams,
     Modification,
@@ -36,6 +35,7 @@ from dxf_celery.proto import (
     TaskState,
 )
 from dxf_celery.retry import run_with_retry
+from dxf_celery.transitions import MODIFIABLE_TASK_STATES
 
 if TYPE_CHECKING:
     from dxf_celery.storage import TaskManager
@@ -148,19 +148,19 @@ def cancel_task(tm: TaskManager, key_or_id: str | int) -> bool:
     The scheduler reverts it and it ends ``reverted`` with the error "cancelled by user".
     """
     task = _live_task(tm, key_or_id)
-    return task is not None and tm.cancel_task(task.id)
+    return task is not None and tm.request_cancel(task.id)
 
 
 def pause_task(tm: TaskManager, key_or_id: str | int) -> bool:
     """Ask to pause; True when the task was pending or running. Subtasks stop, none is lost."""
     task = _live_task(tm, key_or_id)
-    return task is not None and tm.pause_task(task.key)
+    return task is not None and tm.request_pause(task.id)
 
 
 def resume_task(tm: TaskManager, key_or_id: str | int) -> bool:
     """Resume a paused task; True when it was paused."""
     task = _live_task(tm, key_or_id)
-    return task is not None and tm.resume_task(task.key)
+    return task is not None and tm.request_resume(task.id)
 
 
 def resolve_task(tm: TaskManager, key_or_id: str | int) -> bool:
@@ -170,7 +170,7 @@ def resolve_task(tm: TaskManager, key_or_id: str | int) -> bool:
     not awaiting resolution.
     """
     task = _live_task(tm, key_or_id)
-    return task is not None and tm.resolve_awaiting_task(task.id)
+    return task is not None and tm.resolve(task.id)
 
 
 def modify_task(

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
-import threading
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -88,12 +87,7 @@ NO_RESOURCE_TASK_STATES = (
     TaskState.PAUSING,
     TaskState.MODIFYING,
 )
-#: States from which a user may cancel a task.
-CANCELLABLE_TASK_STATES = (TaskState.PENDING, TaskState.RUNNING, TaskState.AWAITING_RESOLUTION)
-#: States from which a user may pause a task.
-PAUSABLE_TASK_STATES = (TaskState.PENDING, TaskState.RUNNING)
-#: States from which a task may move to `modifying`.
-MODIFIABLE_TASK_STATES = (TaskState.PENDING, TaskState.RUNNING, TaskState.PAUSED)
+# Which states a task may move between is the table in ``dxf_celery.transitions``.
 
 
 def is_cancelled_error(error: object) -> bool:
@@ -338,34 +332,6 @@ class ManagedNode:
     heartbeat: datetime | None = None
 
 
-class Allocatable:
-    """A thread-safe budget: ``alloc`` succeeds only when it fits under the capacity."""
-
-    def __init__(self, capacity: int) -> None:
-        self._capacity = capacity
-        self._used = 0
-        self._lock = threading.Lock()
-
-    @property
-    def capacity(self) -> int:
-        return self._capacity
-
-    @property
-    def used(self) -> int:
-        return self._used
-
-    def alloc(self, n: int) -> bool:
-        with self._lock:
-            if self._used + n > self._capacity:
-                return False
-            self._used += n
-            return True
-
-    def free(self, n: int) -> None:
-        with self._lock:
-            self._used = max(0, self._used - n)
-
-
 @dataclass(frozen=True)
 class StepResource:
     """What one step executor may use on this node: CPU slots and a memory budget in bytes."""
@@ -387,8 +353,3 @@ class NodeResource:
         slots = task.runtime_slots()
         mem = slots * self.total_mem // self.total_cpu if self.total_cpu > 0 else 0
         return StepResource(cpu=slots, mem=mem)
-
-    def task_disk_resource(self, task: TaskBase, hint: int) -> int:
-        if self.total_cpu <= 0:
-            return 0
-        return task.concurrency * min(self.total_disk, hint) // self.total_cpu

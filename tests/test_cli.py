@@ -104,18 +104,18 @@ def test_wait_exit_codes(app: Celery, task_manager: TaskManager) -> None:
     res = run(app, "wait", "w1", "--timeout", "0.2", "--interval", "0.05")
     assert res.exit_code == 3 and "still pending" in res.output
     task_manager.switch_task_step(task_manager.get_task_by_id(t.id), TaskState.RUNNING, 1, [])
-    task_manager.succeed_task(t.id)
+    task_manager.succeed(t.id)
     res = run(app, "wait", "w1", "--timeout", "5", "--interval", "0.05")
     assert res.exit_code == 0 and "succeed" in res.output
 
     t2 = handle.submit_task(task_manager, "w2", "noop")
-    task_manager.fail_task(t2.id, TaskState.PENDING, RuntimeError("boom"))
+    task_manager.fail(t2.id, TaskState.PENDING, RuntimeError("boom"))
     res = run(app, "wait", "w2", "--timeout", "5", "--interval", "0.05")
     assert res.exit_code == 1 and "boom" in res.output
 
     handle.submit_task(task_manager, "w3", "noop")
-    task_manager.pause_task("w3")
-    task_manager.paused_task(handle.get_task(task_manager, "w3").id)
+    task_manager.request_pause(handle.get_task(task_manager, "w3").id)
+    task_manager.finish_pausing(handle.get_task(task_manager, "w3").id)
     res = run(app, "wait", "w3", "--interval", "0.05")
     assert res.exit_code == 4 and "resume" in res.output
 

@@ -45,7 +45,7 @@ def test_submit_and_get(task_manager: TaskManager) -> None:
 def test_history_keys_are_refused(task_manager: TaskManager) -> None:
     tm = task_manager
     task = handle.submit_task(tm, "k", "t")
-    tm.fail_task(task.id, TaskState.PENDING, RuntimeError("x"))
+    tm.fail(task.id, TaskState.PENDING, RuntimeError("x"))
     tm.transfer_tasks_to_history([tm.get_task_by_id(task.id)])
     assert handle.get_task(tm, "k").state == TaskState.FAILED  # found in history
     assert [t.key for t in handle.list_tasks(tm, states=[TaskState.FAILED])] == ["k"]
@@ -61,9 +61,9 @@ def test_wait_task(task_manager: TaskManager) -> None:
         handle.wait_task(tm, task.id, timeout=0.1, poll_interval=0.02)
 
     def finish() -> None:
-        tm.cancel_task(task.id)
-        tm.revert_task(task.id, TaskState.CANCELLING, RuntimeError(CANCELLED_BY_USER))
-        tm.reverted_task(task.id)
+        tm.request_cancel(task.id)
+        tm.start_reverting(task.id, TaskState.CANCELLING, RuntimeError(CANCELLED_BY_USER))
+        tm.finish_reverting(task.id)
 
     t = threading.Timer(0.1, finish)
     t.start()

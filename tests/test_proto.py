@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 from datetime import datetime, timedelta
 
 import pytest
@@ -14,7 +13,6 @@ from dxf_celery.proto import (
     NORMAL_PRIORITY,
     STEP_DONE,
     STEP_INIT,
-    Allocatable,
     ExtraParams,
     Modification,
     ModificationType,
@@ -195,30 +193,6 @@ def test_node_resource_step_resource() -> None:
     capped = _task(2, concurrency=4, extra_params=ExtraParams(max_runtime_slots=2))
     assert node.step_resource(capped) == StepResource(cpu=2, mem=4 * 1024)
     assert NodeResource(0, 1024).step_resource(task) == StepResource(cpu=4, mem=0)
-    assert node.task_disk_resource(task, hint=50) == 4 * 50 // 8
-    assert node.task_disk_resource(task, hint=1000) == 4 * 100 // 8
-
-
-def test_allocatable_is_a_thread_safe_budget() -> None:
-    budget = Allocatable(10)
-    assert budget.alloc(6) and not budget.alloc(5) and budget.alloc(4)
-    assert budget.used == 10 and budget.capacity == 10
-    budget.free(20)
-    assert budget.used == 0
-    wins: list[bool] = []
-    barrier = threading.Barrier(8)
-
-    def grab() -> None:
-        barrier.wait()
-        for _ in range(100):
-            wins.append(budget.alloc(1))
-
-    threads = [threading.Thread(target=grab) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
-    assert wins.count(True) == 10 and budget.used == 10
 
 
 def test_task_base_copy() -> None:

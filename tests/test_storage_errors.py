@@ -35,7 +35,7 @@ def test_duplicate_key_live(task_manager: TaskManager) -> None:
 
 def test_duplicate_key_in_history(task_manager: TaskManager) -> None:
     task = new_task(task_manager, "dup")
-    assert task_manager.cancel_task(task.id)
+    assert task_manager.request_cancel(task.id)
     with task_manager.write_engine.begin() as conn:
         from sqlalchemy import update
 

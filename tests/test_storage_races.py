@@ -16,9 +16,8 @@ import pytest
 from storage_helpers import claim_worker, new_task, plan, running_task
 
 from dxf_celery.errors import SubtaskNotFoundError, TaskAlreadyExistsError
-from dxf_celery.proto import STEP_INIT, SubtaskState, TaskState
-from dxf_celery.storage import TaskManager
-from dxf_celery.storage import task_manager as tm_module
+from dxf_celery.proto import STEP_INIT, Modification, ModifyParam, SubtaskState, TaskState
+from dxf_celery.storage import TaskManager, step_switch
 
 ROUNDS = 25
 
@@ -87,7 +86,7 @@ def test_switch_task_step_race_inserts_once(task_manager: TaskManager, db_url: s
 def test_switch_task_step_in_batch_race_inserts_once(
     task_manager: TaskManager, db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(tm_module, "MAX_SUBTASK_BATCH_BYTES", 16)  # a few subtasks per batch
+    monkeypatch.setattr(step_switch, "MAX_SUBTASK_BATCH_BYTES", 16)  # a few subtasks per batch
     rounds = 8
     tasks = [new_task(task_manager, f"k{r}") for r in range(rounds)]
 
@@ -128,7 +127,7 @@ def test_guarded_transition_race_has_one_winner(task_manager: TaskManager, db_ur
     def op(tm: TaskManager, racer: int, r: int) -> bool:
         # Racer 0 cancels, racer 1 plans: the task ends in exactly one of the two outcomes.
         if racer == 0:
-            return tm.cancel_task(tasks[r].id)
+            return tm.request_cancel(tasks[r].id)
         return tm.switch_task_step(tasks[r], TaskState.RUNNING, 1, plan(tasks[r], 1, ["n1"], 2))
 
     for r, (cancelled, switched) in enumerate(race(db_url, rounds, op)):
@@ -171,7 +170,7 @@ def test_transfer_to_history_race_moves_once(task_manager: TaskManager, db_url: 
         for s in task_manager.get_subtasks(task.id):
             task_manager.start_subtask(s.id, "n1")
             task_manager.finish_subtask("n1", s.id, b"done")
-        assert task_manager.succeed_task(task.id)
+        assert task_manager.succeed(task.id)
         tasks.append(task_manager.get_task_by_id(task.id))
 
     def op(tm: TaskManager, racer: int, r: int) -> int:
@@ -219,7 +218,7 @@ def test_reads_over_live_and_history_never_see_a_row_twice(task_manager: TaskMan
         for s in tm.get_subtasks(task.id):
             tm.start_subtask(s.id, s.exec_id)
             tm.finish_subtask(s.exec_id, s.id, b"done")
-        assert tm.succeed_task(task.id)
+        assert tm.succeed(task.id)
         tasks.append(tm.get_task_by_id(task.id))
     readers = [TaskManager(db_url) for _ in range(2)]
     seen: list[tuple[int, int]] = []  # (subtasks seen, step-1 count in the progress counts)
@@ -244,3 +243,38 @@ def test_reads_over_live_and_history_never_see_a_row_twice(task_manager: TaskMan
             r.dispose()
     assert seen and all(x == (4, 4) for x in seen), [x for x in seen if x != (4, 4)][:5]
     assert len(tm.list_tasks(limit=100)) == len(tasks)
+
+
+def test_opposite_user_requests_race_has_one_winner(task_manager: TaskManager, db_url: str) -> None:
+    """Pause and cancel from the same state: the table lets exactly one of them through."""
+    rounds = 12
+    tasks = [running_task(task_manager, f"k{r}", n=1) for r in range(rounds)]
+
+    def op(tm: TaskManager, racer: int, r: int) -> bool:
+        return tm.request_pause(tasks[r].id) if racer == 0 else tm.request_cancel(tasks[r].id)
+
+    for r, (paused, cancelled) in enumerate(race(db_url, rounds, op)):
+        assert [paused, cancelled].count(True) == 1, f"round {r}: {paused, cancelled}"
+        state = task_manager.get_task_by_id(tasks[r].id).state
+        assert state == (TaskState.PAUSING if paused else TaskState.CANCELLING), f"round {r}: {state}"
+
+
+def test_finish_modifying_race_applies_once(task_manager: TaskManager, db_url: str) -> None:
+    """Two schedulers (a lease hand-over) apply one modification: one wins, one is a no-op."""
+    rounds = 8
+    tasks = []
+    for r in range(rounds):
+        task = running_task(task_manager, f"k{r}", n=1)
+        mods = (Modification("modify_concurrency", 2),)
+        task_manager.modify_task_by_id(task.id, ModifyParam(TaskState.RUNNING, mods))
+        modifying = task_manager.get_task_by_id(task.id)
+        modifying.concurrency = 2
+        tasks.append(modifying)
+
+    def op(tm: TaskManager, racer: int, r: int) -> bool:
+        return tm.finish_modifying(tasks[r])
+
+    for r, pair in enumerate(race(db_url, rounds, op)):
+        assert sorted(pair) == [False, True], f"round {r}: {pair}"
+        after = task_manager.get_task_by_id(tasks[r].id)
+        assert (after.state, after.concurrency, after.modify_param) == (TaskState.RUNNING, 2, None)

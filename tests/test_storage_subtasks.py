@@ -11,8 +11,7 @@ from storage_helpers import force_subtask, force_task, new_task, plan, running_t
 
 from dxf_celery.errors import InvalidTaskError, SubtaskNotFoundError, UnstableSubtasksError
 from dxf_celery.proto import STEP_INIT, StoredError, SubtaskState, TaskState
-from dxf_celery.storage import TaskManager, utcnow
-from dxf_celery.storage import task_manager as tm_module
+from dxf_celery.storage import TaskManager, step_switch, utcnow
 
 # ---------------------------------------------------------------- step switch
 
@@ -69,7 +68,7 @@ def test_switch_task_step_rejects_duplicate_ordinals(task_manager: TaskManager) 
 
 
 def test_switch_task_step_in_batch(task_manager: TaskManager, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tm_module, "MAX_SUBTASK_BATCH_BYTES", 10)  # about one subtask per batch
+    monkeypatch.setattr(step_switch, "MAX_SUBTASK_BATCH_BYTES", 10)  # about one subtask per batch
     task = new_task(task_manager)
     assert task_manager.switch_task_step_in_batch(task, TaskState.RUNNING, 1, plan(task, 1, ["n1", "n2"], 5))
     after = task_manager.get_task_by_id(task.id)
@@ -217,11 +216,30 @@ def test_summary_and_checkpoint(task_manager: TaskManager) -> None:
     task_manager.update_subtask_summary(a.id, {"row_count": 7, "bytes": 70})
     task_manager.update_subtask_summary(b.id, '{"row_count": 3}')
     assert task_manager.get_subtask(a.id).summary == '{"row_count": 7, "bytes": 70}'
-    assert sorted(s["row_count"] for s in task_manager.get_all_subtask_summary_by_step(task.id, 1)) == [3, 7]
-    assert task_manager.get_subtask_row_count(task.id, 1) == 10
-    assert len(task_manager.get_subtask_summaries(task.id, 1)) == 2
+    assert sorted(s["row_count"] for s in task_manager.get_subtask_summaries(task.id, 1)) == [3, 7]
+
+
+def test_checkpoint_keyed_by_exec_id_and_running(task_manager: TaskManager) -> None:
+    task = running_task(task_manager, n=2)
+    a, b = task_manager.get_subtasks(task.id)
     assert task_manager.get_subtask_checkpoint(a.id) is None
-    task_manager.update_subtask_checkpoint(a.id, {"offset": 42, "files": ["a", "b"]})
+    # Only a running subtask of this node takes a checkpoint.
+    assert task_manager.save_subtask_checkpoint("n1", a.id, {"offset": 1}) is False  # still pending
+    task_manager.start_subtask(a.id, "n1")
+    assert task_manager.save_subtask_checkpoint("n2", a.id, {"offset": 1}) is False  # not this node's
+    assert task_manager.get_subtask_checkpoint(a.id) is None
+    assert task_manager.save_subtask_checkpoint("n1", a.id, {"offset": 42, "files": ["a", "b"]}) is True
+    assert task_manager.get_subtask_checkpoint(a.id) == {"offset": 42, "files": ["a", "b"]}
+    # An empty checkpoint is still a checkpoint, distinct from "none saved".
+    task_manager.start_subtask(b.id, "n1")
+    assert task_manager.save_subtask_checkpoint("n1", b.id, {}) is True
+    assert task_manager.get_subtask_checkpoint(b.id) == {}
+    with pytest.raises(TypeError):
+        task_manager.save_subtask_checkpoint("n1", a.id, {"not json": object()})
+    assert task_manager.get_subtask_checkpoint(a.id) == {"offset": 42, "files": ["a", "b"]}
+    # A finished subtask keeps its last checkpoint and takes no new one.
+    task_manager.finish_subtask("n1", a.id, b"done")
+    assert task_manager.save_subtask_checkpoint("n1", a.id, {"offset": 43}) is False
     assert task_manager.get_subtask_checkpoint(a.id) == {"offset": 42, "files": ["a", "b"]}
 
 
@@ -246,7 +264,7 @@ def test_counts_errors_and_listing(task_manager: TaskManager) -> None:
     assert [s.meta for s in succeeded] == [b"out"]
     assert task_manager.get_subtask_counts_by_step(task.id)[1][SubtaskState.PENDING] == 1
     assert [s.ordinal for s in task_manager.get_subtasks(task.id, 1, with_history=False)] == [1, 2, 3, 4]
-    assert [s.ordinal for s in task_manager.get_subtasks_with_history(task.id, 1)] == [1, 2, 3, 4]
+    assert [s.ordinal for s in task_manager.get_subtasks(task.id, 1)] == [1, 2, 3, 4]
     with pytest.raises(SubtaskNotFoundError):
         task_manager.get_subtask(10**9)
 
@@ -292,7 +310,7 @@ def test_transfer_tasks_to_history(task_manager: TaskManager) -> None:
     keep = running_task(task_manager, "keep", n=1)
     for s in task_manager.get_subtasks(task.id):
         force_subtask(task_manager, s.id, state=SubtaskState.SUCCEED, summary='{"row_count": 1}')
-    assert task_manager.succeed_task(task.id)
+    assert task_manager.succeed(task.id)
     done = task_manager.get_task_by_id(task.id)
     done.meta = b"redacted"
     # An unfinished task is never moved, even when asked.
@@ -304,7 +322,7 @@ def test_transfer_tasks_to_history(task_manager: TaskManager) -> None:
     history = task_manager.get_subtasks(task.id)
     assert [(s.ordinal, s.state) for s in history] == [(i, SubtaskState.SUCCEED) for i in (1, 2, 3)]
     assert task_manager.get_subtasks(task.id, with_history=False) == []
-    assert task_manager.get_subtask_row_count(task.id, 1) == 3
+    assert sum(s["row_count"] for s in task_manager.get_subtask_summaries(task.id, 1)) == 3
     assert task_manager.get_task_by_id(keep.id).state == TaskState.RUNNING
     assert len(task_manager.get_subtasks(keep.id, with_history=False)) == 1
     # Moving it again is a no-op.
@@ -320,7 +338,7 @@ def test_gc_subtasks(task_manager: TaskManager) -> None:
     for t in (old, new):
         for s in task_manager.get_subtasks(t.id):
             force_subtask(task_manager, s.id, state=SubtaskState.SUCCEED)
-        task_manager.succeed_task(t.id)
+        task_manager.succeed(t.id)
     task_manager.transfer_tasks_to_history([task_manager.get_task_by_id(old.id), task_manager.get_task_by_id(new.id)])
     from sqlalchemy import update
 

@@ -65,8 +65,6 @@ def test_get_task_variants(task_manager: TaskManager) -> None:
     for fn, arg in [
         (task_manager.get_task_by_id_with_history, task.id),
         (task_manager.get_task_by_key_with_history, "k1"),
-        (task_manager.get_task_base_by_id_with_history, task.id),
-        (task_manager.get_task_base_by_key_with_history, "k1"),
     ]:
         assert fn(arg).id == task.id  # type: ignore[operator]
     missing_calls: list[Callable[[], object]] = [
@@ -75,8 +73,6 @@ def test_get_task_variants(task_manager: TaskManager) -> None:
         lambda: task_manager.get_task_by_key("nope"),
         lambda: task_manager.get_task_by_id_with_history(task.id + 1000),
         lambda: task_manager.get_task_by_key_with_history("nope"),
-        lambda: task_manager.get_task_base_by_id_with_history(task.id + 1000),
-        lambda: task_manager.get_task_base_by_key_with_history("nope"),
     ]
     for missing in missing_calls:
         with pytest.raises(TaskNotFoundError):
@@ -91,7 +87,7 @@ def test_get_task_with_history_finds_moved_task(task_manager: TaskManager) -> No
         task_manager.get_task_by_id(task.id)
     assert task_manager.get_task_by_id_with_history(task.id).state == TaskState.SUCCEED
     assert task_manager.get_task_by_key_with_history("old").id == task.id
-    assert task_manager.get_task_base_by_key_with_history("old").state == TaskState.SUCCEED
+    assert task_manager.get_task_by_key_with_history("old").state == TaskState.SUCCEED
     # A new task never reuses the id of a task in history (SQLite needs AUTOINCREMENT for this).
     assert task_manager.create_task("new", "t", 1) > task.id
 
@@ -103,8 +99,7 @@ def test_get_tasks_in_states_and_all_tasks(task_manager: TaskManager) -> None:
     assert [t.key for t in task_manager.get_tasks_in_states(TaskState.RUNNING, TaskState.PENDING)] == ["b", "a"]
     assert [t.key for t in task_manager.get_tasks_in_states("running")] == ["a"]
     assert task_manager.get_tasks_in_states() == []
-    assert [t.id for t in task_manager.get_task_bases_in_states(TaskState.PENDING)] == [b.id]
-    assert task_manager.get_task_bases_in_states() == []
+    assert [t.id for t in task_manager.get_tasks_in_states(TaskState.PENDING)] == [b.id]
     assert [t.key for t in task_manager.get_all_tasks()] == ["b", "a"]
     assert [t.key for t in task_manager.list_tasks([TaskState.RUNNING])] == ["a"]
 
@@ -169,25 +164,24 @@ def _call(name: str, *args: object) -> Callable[[TaskManager, int, str], bool]:
 
 # (call, start state, expected end state or None for "unchanged", a state the guard refuses)
 TRANSITIONS = [
-    (_call("cancel_task", "ID"), TaskState.PENDING, TaskState.CANCELLING, TaskState.PAUSED),
-    (_call("cancel_task", "ID"), TaskState.RUNNING, TaskState.CANCELLING, TaskState.REVERTING),
-    (_call("cancel_task", "ID"), TaskState.AWAITING_RESOLUTION, TaskState.CANCELLING, TaskState.SUCCEED),
-    (_call("cancel_task_by_key", "KEY"), TaskState.RUNNING, TaskState.CANCELLING, TaskState.MODIFYING),
-    (_call("fail_task", "ID", TaskState.PENDING, ERR), TaskState.PENDING, TaskState.FAILED, TaskState.RUNNING),
-    (_call("revert_task", "ID", TaskState.RUNNING, ERR), TaskState.RUNNING, TaskState.REVERTING, TaskState.PENDING),
+    (_call("request_cancel", "ID"), TaskState.PENDING, TaskState.CANCELLING, TaskState.PAUSED),
+    (_call("request_cancel", "ID"), TaskState.RUNNING, TaskState.CANCELLING, TaskState.REVERTING),
+    (_call("request_cancel", "ID"), TaskState.AWAITING_RESOLUTION, TaskState.CANCELLING, TaskState.SUCCEED),
+    (_call("fail", "ID", TaskState.PENDING, ERR), TaskState.PENDING, TaskState.FAILED, TaskState.RUNNING),
+    (_call("start_reverting", "ID", TaskState.RUNNING, ERR), TaskState.RUNNING, TaskState.REVERTING, TaskState.PENDING),
     (
-        _call("awaiting_resolve_task", "ID", TaskState.RUNNING, ERR),
+        _call("await_resolution", "ID", TaskState.RUNNING, ERR),
         TaskState.RUNNING,
         TaskState.AWAITING_RESOLUTION,
         TaskState.PAUSED,
     ),
-    (_call("reverted_task", "ID"), TaskState.REVERTING, TaskState.REVERTED, TaskState.RUNNING),
-    (_call("pause_task", "KEY"), TaskState.PENDING, TaskState.PAUSING, TaskState.PAUSED),
-    (_call("pause_task", "KEY"), TaskState.RUNNING, TaskState.PAUSING, TaskState.REVERTING),
-    (_call("paused_task", "ID"), TaskState.PAUSING, TaskState.PAUSED, TaskState.RUNNING),
-    (_call("resume_task", "KEY"), TaskState.PAUSED, TaskState.RESUMING, TaskState.PAUSING),
-    (_call("resumed_task", "ID"), TaskState.RESUMING, TaskState.RUNNING, TaskState.PAUSED),
-    (_call("succeed_task", "ID"), TaskState.RUNNING, TaskState.SUCCEED, TaskState.PENDING),
+    (_call("finish_reverting", "ID"), TaskState.REVERTING, TaskState.REVERTED, TaskState.RUNNING),
+    (_call("request_pause", "ID"), TaskState.PENDING, TaskState.PAUSING, TaskState.PAUSED),
+    (_call("request_pause", "ID"), TaskState.RUNNING, TaskState.PAUSING, TaskState.REVERTING),
+    (_call("finish_pausing", "ID"), TaskState.PAUSING, TaskState.PAUSED, TaskState.RUNNING),
+    (_call("request_resume", "ID"), TaskState.PAUSED, TaskState.RESUMING, TaskState.PAUSING),
+    (_call("finish_resuming", "ID"), TaskState.RESUMING, TaskState.RUNNING, TaskState.PAUSED),
+    (_call("succeed", "ID"), TaskState.RUNNING, TaskState.SUCCEED, TaskState.PENDING),
 ]
 
 
@@ -218,7 +212,7 @@ def test_task_transition(
         assert after.end_time is None
     if end == TaskState.SUCCEED:
         assert after.step == STEP_DONE
-    # A second call finds the task moved on (or, for the by-key calls, in a refused state).
+    # A task in a state the guard refuses is left as it is.
     guarded = new_task(task_manager, "guarded")
     force_task(task_manager, guarded.id, state=refused)
     assert call(task_manager, guarded.id, "guarded") is False
@@ -233,10 +227,10 @@ def test_resolve_awaiting_task(task_manager: TaskManager) -> None:
     force_subtask(task_manager, subs[0].id, state=SubtaskState.FAILED, error='{"type":"E","message":"x"}')
     force_subtask(task_manager, subs[1].id, state=SubtaskState.CANCELED)
     force_subtask(task_manager, subs[2].id, state=SubtaskState.SUCCEED)
-    assert task_manager.resolve_awaiting_task(task.id) is False  # running: guard refuses
+    assert task_manager.resolve(task.id) is False  # running: guard refuses
     assert [s.state for s in task_manager.get_subtasks(task.id)][:2] == [SubtaskState.FAILED, SubtaskState.CANCELED]
-    assert task_manager.awaiting_resolve_task(task.id, TaskState.RUNNING, ERR)
-    assert task_manager.resolve_awaiting_task(task.id) is True
+    assert task_manager.await_resolution(task.id, TaskState.RUNNING, ERR)
+    assert task_manager.resolve(task.id) is True
     after = task_manager.get_task_by_id(task.id)
     assert after.state == TaskState.RUNNING and after.error is None
     states = [(s.state, s.error) for s in task_manager.get_subtasks(task.id)]
@@ -246,7 +240,7 @@ def test_resolve_awaiting_task(task_manager: TaskManager) -> None:
         (SubtaskState.SUCCEED, None),
         (SubtaskState.PENDING, None),
     ]
-    assert task_manager.resolve_awaiting_task(task.id) is False
+    assert task_manager.resolve(task.id) is False
 
 
 def _modify_param(prev: TaskState, to: int = 4) -> ModifyParam:
@@ -266,13 +260,13 @@ def test_modify_and_modified_task(task_manager: TaskManager, prev: TaskState) ->
     assert modifying.modify_param == _modify_param(prev)
     # The scheduler applies it: new concurrency, limits and meta, back to the previous state.
     modifying.concurrency, modifying.max_node_count, modifying.meta = 4, 2, b"new-meta"
-    assert task_manager.modified_task(modifying) is True
+    assert task_manager.finish_modifying(modifying) is True
     done = task_manager.get_task_by_id(task.id)
     assert (done.state, done.concurrency, done.max_node_count, done.meta) == (prev, 4, 2, b"new-meta")
     assert done.modify_param is None
     assert [s.concurrency for s in task_manager.get_subtasks(task.id)] == [2, 4, 4]
     # Applied already: a second scheduler's attempt is a no-op.
-    assert task_manager.modified_task(modifying) is False
+    assert task_manager.finish_modifying(modifying) is False
 
 
 def test_modify_task_errors(task_manager: TaskManager) -> None:
@@ -285,16 +279,10 @@ def test_modify_task_errors(task_manager: TaskManager) -> None:
         task_manager.modify_task_by_id(task.id, _modify_param(TaskState.RUNNING))
     assert task_manager.get_task_by_id(task.id).state == TaskState.PENDING
     with pytest.raises(TaskStateNotAllowedError):
-        task_manager.modified_task(task)  # no modification pending
+        task_manager.finish_modifying(task)  # no modification pending
     not_modifying = task_manager.get_task_by_id(task.id)
     not_modifying.modify_param = _modify_param(TaskState.PENDING)
-    assert task_manager.modified_task(not_modifying) is False
-
-
-def test_update_task_extra_params(task_manager: TaskManager) -> None:
-    task = new_task(task_manager)
-    task_manager.update_task_extra_params(task.id, ExtraParams(max_runtime_slots=3))
-    assert task_manager.get_task_base_by_id(task.id).extra_params.max_runtime_slots == 3
+    assert task_manager.finish_modifying(not_modifying) is False
 
 
 def test_in_memory_sqlite_is_one_shared_database() -> None:

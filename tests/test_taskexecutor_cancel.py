@@ -71,9 +71,9 @@ def test_blocked_subtask_is_canceled_when_task_reverts_seen_in_sql(
     _executor, thread = start_executor(tm, tt, task_id, make_param("n1"))
     wait_until(lambda: tt.rec.runs, what="subtask running")
     if to_state == "reverting":
-        assert tm.revert_task(task_id, TaskState.RUNNING, RuntimeError("boom"))
+        assert tm.start_reverting(task_id, TaskState.RUNNING, RuntimeError("boom"))
     else:
-        assert tm.cancel_task(task_id)
+        assert tm.request_cancel(task_id)
     thread.join(30)
     assert not thread.is_alive()
     assert states(tm, task_id) == [SubtaskState.CANCELED, SubtaskState.PENDING]
@@ -90,7 +90,7 @@ def test_blocked_subtask_stops_untouched_when_task_pauses_seen_in_sql(
     task_id = plan_task(tm, "kp", tt.name, ["n1"])
     _executor, thread = start_executor(tm, tt, task_id, make_param("n1"))
     wait_until(lambda: tt.rec.runs, what="subtask running")
-    assert tm.pause_task("kp")
+    assert tm.request_pause(task_id)
     thread.join(30)
     assert not thread.is_alive()
     assert states(tm, task_id) == [SubtaskState.RUNNING]
@@ -106,7 +106,7 @@ def test_manager_reverting_task_cancels_running_and_pending_subtasks(cluster: Cl
     cluster.add("n1")
     task_id = plan_task(tm, "kr", tt.name, ["n1", "n1", "n1"])
     wait_until(lambda: tt.rec.runs, what="subtask running")
-    assert tm.revert_task(task_id, TaskState.RUNNING, RuntimeError("boom"))
+    assert tm.start_reverting(task_id, TaskState.RUNNING, RuntimeError("boom"))
     wait_until(lambda: states(tm, task_id) == [SubtaskState.CANCELED] * 3, what="all canceled")
     assert tt.rec.runs[0].cause == "CancelSubtaskError"
     assert len(tt.rec.runs) == 1
@@ -120,16 +120,16 @@ def test_manager_pausing_task_stops_executor_and_pauses_rows_then_resume_reruns(
     mgr = cluster.add("n1")
     task_id = plan_task(tm, "kpm", tt.name, ["n1", "n1"])
     wait_until(lambda: tt.rec.runs, what="subtask running")
-    assert tm.pause_task("kpm")
+    assert tm.request_pause(task_id)
     wait_until(lambda: states(tm, task_id) == [SubtaskState.PAUSED] * 2, what="rows paused")
     wait_until(lambda: mgr.running_task_ids() == [], what="executor stopped")
     assert tt.rec.runs[0].outcome == "cancelled"
     assert tt.rec.runs[0].cause != "CancelSubtaskError"
     # play the scheduler: paused, then resumed
-    assert tm.paused_task(task_id)
-    assert tm.resume_task("kpm")
+    assert tm.finish_pausing(task_id)
+    assert tm.request_resume(task_id)
     tm.resume_subtasks(task_id)
-    assert tm.resumed_task(task_id)
+    assert tm.finish_resuming(task_id)
     tt.release(1)
     tt.release(2)
     wait_until(lambda: step_done(tm, task_id, 1), what="resumed task done")

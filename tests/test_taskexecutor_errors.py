@@ -184,8 +184,8 @@ def test_executor_exits_when_task_is_reverted_and_moved_to_history(cluster: Clus
     task_id = plan_task(tm, "kgone", tt.name, ["n1"])
     wait_until(lambda: tt.rec.runs, what="running")
     task: Task = tm.get_task_by_id(task_id)
-    assert tm.revert_task(task_id, task.state, RuntimeError("x"))
-    assert tm.reverted_task(task_id)
+    assert tm.start_reverting(task_id, task.state, RuntimeError("x"))
+    assert tm.finish_reverting(task_id)
     tm.transfer_tasks_to_history([tm.get_task_by_id(task_id)])
     wait_until(lambda: mgr.running_task_ids() == [], what="executor exits")
     assert tt.rec.runs[0].outcome == "cancelled"

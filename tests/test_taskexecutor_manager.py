@@ -30,7 +30,7 @@ def test_multi_step_task_runs_every_subtask_exactly_once(cluster: Cluster) -> No
         wait_until(lambda s=next_step - 1: step_done(tm, task_id, s), what=f"step {next_step - 1}")
         switch_step(tm, task_id, next_step, nodes * 2)
     wait_until(lambda: step_done(tm, task_id, 3), what="step 3")
-    assert tm.succeed_task(task_id)
+    assert tm.succeed(task_id)
 
     subtasks = tm.get_subtasks(task_id)
     assert len(subtasks) == 9 + 6 + 6
@@ -66,7 +66,7 @@ def test_slot_capacity_is_never_exceeded(cluster: Cluster) -> None:
     ]
     for tid in task_ids:
         wait_until(lambda tid=tid: step_done(tm, tid, 1), what=f"task {tid}", timeout=60)
-        tm.succeed_task(tid)
+        tm.succeed(tid)
     wait_until(lambda: mgr.running_task_ids() == [], what="executors exit")
     spans = tt.rec.spans
     assert {s[1] for s in spans} == set(task_ids)
@@ -96,7 +96,7 @@ def test_higher_priority_task_preempts_lower_ranked_executor(cluster: Cluster) -
 
     high.release(1)
     wait_until(lambda: step_done(tm, high_id, 1), what="high done")
-    tm.succeed_task(high_id)
+    tm.succeed(high_id)
     low.release(1)
     wait_until(lambda: step_done(tm, low_id, 1), what="low re-run after preemption")
     assert [r.outcome for r in low.rec.runs_of(low_sub.id)] == ["cancelled", "ok"]

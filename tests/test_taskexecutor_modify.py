@@ -38,7 +38,7 @@ def modify(tm: TaskManager, task_id: int, *, concurrency: int | None = None, met
         concurrency=concurrency if concurrency is not None else task.concurrency,
         meta=meta if meta is not None else task.meta,
     )
-    assert tm.modified_task(task)
+    assert tm.finish_modifying(task)
     assert tm.get_task_by_id(task_id).state == TaskState.RUNNING
 
 
@@ -254,7 +254,7 @@ def test_manager_reconciles_slots_of_an_out_of_process_executor(task_manager: Ta
         modify(tm, task_id, concurrency=3)  # 2 + 3 > 4: the manager stops the executor
         wait_until(lambda: mgr.running_task_ids() == [hog_id], what="executor stopped by reconcile")
         assert tt.rec.runs[0].outcome == "cancelled"
-        assert tm.revert_task(hog_id, TaskState.RUNNING, RuntimeError("stop"))
+        assert tm.start_reverting(hog_id, TaskState.RUNNING, RuntimeError("stop"))
         wait_until(lambda: states(tm, hog_id) == [SubtaskState.CANCELED], what="hog canceled via SQL")
         # The Manager cancels the row in SQL at once; the detached executor learns it from SQL
         # too (its task watch: reverting, or its balance check: the row is no longer running).

@@ -21,7 +21,6 @@ from dxf_celery.scheduler.register import (
     get_scheduler_factory,
     register_cleanup_routine,
     register_scheduler_factory,
-    registered_task_types,
 )
 from dxf_celery.scheduler.slots import SlotManager
 
@@ -52,5 +51,4 @@ __all__ = [
     "get_scheduler_factory",
     "register_cleanup_routine",
     "register_scheduler_factory",
-    "registered_task_types",
 ]

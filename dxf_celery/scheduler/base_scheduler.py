@@ -139,14 +139,14 @@ class BaseScheduler:
     def on_pausing(self) -> None:
         _, active = self._active_count()
         if active == 0:
-            self.param.task_manager.paused_task(self._task.id)
+            self.param.task_manager.finish_pausing(self._task.id)
             self._wrote()
 
     def on_resuming(self) -> None:
         tm = self.param.task_manager
         counts, _ = self._active_count()
         if counts.get(SubtaskState.PAUSED, 0) == 0:
-            tm.resumed_task(self._task.id)
+            tm.finish_resuming(self._task.id)
         else:
             tm.resume_subtasks(self._task.id)
         self._wrote()
@@ -161,7 +161,7 @@ class BaseScheduler:
         except Exception:
             logger.exception("on_done of reverting task %d failed; retrying next pass", self._task.id)
             return
-        self.param.task_manager.reverted_task(self._task.id)
+        self.param.task_manager.finish_reverting(self._task.id)
         self._wrote()
 
     def on_pending(self) -> None:
@@ -212,20 +212,20 @@ class BaseScheduler:
                 logger.exception("task %d: modify_meta failed; retrying next pass", task.id)
                 self._wrote()
                 return True
-        self.param.task_manager.modified_task(task)
+        self.param.task_manager.finish_modifying(task)
         self._wrote()
         return task.concurrency == old_concurrency
 
     # ------------------------------------------------------------------ transitions
 
     def _revert(self, err: BaseException | None) -> None:
-        self.param.task_manager.revert_task(self._task.id, self._task.state, err)
+        self.param.task_manager.start_reverting(self._task.id, self._task.state, err)
         self._wrote()
 
     def _revert_or_await(self, err: BaseException | None) -> None:
         tm = self.param.task_manager
         if self._task.extra_params.manual_recovery:
-            tm.awaiting_resolve_task(self._task.id, self._task.state, err)
+            tm.await_resolution(self._task.id, self._task.state, err)
             self._wrote()
         else:
             self._revert(err)
@@ -246,7 +246,7 @@ class BaseScheduler:
             except Exception:
                 logger.exception("on_done of task %d failed; retrying next pass", task.id)
                 return
-            tm.succeed_task(task.id)
+            tm.succeed(task.id)
             self._wrote()
             return
         exec_ids = self.eligible_exec_ids()

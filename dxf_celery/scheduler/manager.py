@@ -192,7 +192,7 @@ class Manager:
                     f"(register_scheduler_factory) in the process that runs the scheduler"
                 )
                 logger.warning("task %d: %s", base.id, err)
-                tm.fail_task(base.id, base.state, err)
+                tm.fail(base.id, base.state, err)
                 self._cleanup_due = True
                 continue
             exec_id, needs_slots = "", base.state in _RESOURCE_STATES
@@ -232,7 +232,7 @@ class Manager:
         except Exception as err:
             logger.warning("task %d: scheduler init failed, failing the task: %s", task.id, err)
             ctx.cancel()
-            tm.fail_task(task.id, task.state, err)
+            tm.fail(task.id, task.state, err)
             self._cleanup_due = True
             return False
         if allocated:

@@ -59,6 +59,3 @@ class NodeManager:
         """The cached nodes, as of the last refresh."""
         with self._lock:
             return list(self._nodes)
-
-    def eligible_nodes(self, scope: str) -> list[ManagedNode]:
-        return filter_by_scope(self.get_nodes(), scope)

@@ -58,7 +58,3 @@ def clear_scheduler_factories() -> None:
         _schedulers.clear()
         _cleanups.clear()
 
-
-def registered_task_types() -> list[str]:
-    with _lock:
-        return sorted(_schedulers)

@@ -16,14 +16,50 @@ from dxf_celery.proto import STEP_INIT, StepResource, Subtask
 MAX_PROGRESS_POINTS = 5
 
 
+class CheckpointStore(Protocol):
+    """Where subtask checkpoints live (the ``TaskManager``; see ``ExecutorSubtasks``)."""
+
+    def save_subtask_checkpoint(self, exec_id: str, subtask_id: int, checkpoint: Any) -> bool: ...
+
+    def get_subtask_checkpoint(self, subtask_id: int) -> Any: ...
+
+
 class StepExecFrameworkInfo:
-    """What the framework tells a step executor before ``init``: its step and resource budget."""
+    """What the framework tells a step executor before ``init``: its step, resource budget
+    and where it keeps per-subtask checkpoints."""
 
     step: int = STEP_INIT
     resource: StepResource | None = None
+    checkpoint_store: CheckpointStore | None = None
 
     def get_step(self) -> int:
         return self.step
+
+    def set_checkpoint_store(self, store: CheckpointStore) -> None:
+        self.checkpoint_store = store
+
+    def save_checkpoint(self, subtask: Subtask, checkpoint: Any) -> bool:
+        """Persist how far ``subtask`` got (any JSON-serialisable value) so a re-run can resume.
+
+        A re-run of the subtask (an idempotent leftover, a retry, a resumed or resolved task,
+        or another node after a rebalance) reads it back with :meth:`load_checkpoint`. The
+        write is keyed by the subtask's id and ``exec_id`` and needs it ``running``: it
+        returns False, writing nothing, once this node has lost the subtask, so the step
+        should stop. ``TypeError`` for a value JSON cannot encode.
+        """
+        return self._checkpoints().save_subtask_checkpoint(subtask.exec_id, subtask.id, checkpoint)
+
+    def load_checkpoint(self, subtask: Subtask) -> Any:
+        """The last checkpoint saved for ``subtask``, or None when none was saved."""
+        return self._checkpoints().get_subtask_checkpoint(subtask.id)
+
+    def _checkpoints(self) -> CheckpointStore:
+        if self.checkpoint_store is None:
+            raise RuntimeError(
+                f"{type(self).__name__} has no checkpoint store: the framework sets one before init; "
+                f"in a unit test call set_checkpoint_store(task_manager) first"
+            )
+        return self.checkpoint_store
 
     def get_resource(self) -> StepResource | None:
         return self.resource

@@ -56,6 +56,10 @@ class TaskTable(Protocol):
 
     def update_subtask_summary(self, subtask_id: int, summary: str | dict[str, Any]) -> None: ...
 
+    def save_subtask_checkpoint(self, exec_id: str, subtask_id: int, checkpoint: Any) -> bool: ...
+
+    def get_subtask_checkpoint(self, subtask_id: int) -> Any: ...
+
 
 class TaskExecutor(Protocol):
     """Runs the subtasks of one task on one node, step after step, until none are left."""

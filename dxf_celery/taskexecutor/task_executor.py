@@ -29,7 +29,7 @@ from dxf_celery.errors import (
 from dxf_celery.proto import Subtask, SubtaskState, Task, TaskBase, TaskState
 from dxf_celery.retry import run_with_retry
 from dxf_celery.storage.engine import is_transient_error
-from dxf_celery.taskexecutor.execute import StepExecutor
+from dxf_celery.taskexecutor.execute import StepExecFrameworkInfo, StepExecutor
 from dxf_celery.taskexecutor.interfaces import Extension
 from dxf_celery.taskexecutor.param import Param
 
@@ -227,6 +227,8 @@ class BaseTaskExecutor:
             raise
         step_exec.step = task.step
         step_exec.resource = self.param.node_resource.step_resource(task)
+        if isinstance(step_exec, StepExecFrameworkInfo):
+            step_exec.set_checkpoint_store(self.param.task_table)
         try:
             step_exec.init(self.ctx)
         except Exception as err:

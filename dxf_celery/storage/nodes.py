@@ -1,0 +1,83 @@
+"""Nodes: registration, heartbeats and removal of the worker nodes that run subtasks."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import Connection, delete, insert, or_, select, update
+from sqlalchemy import exc as sa_exc
+
+from dxf_celery.proto import ManagedNode
+from dxf_celery.storage.base import StorageBase, utcnow
+from dxf_celery.storage.tables import node_table
+
+
+def cpu_count_of(conn: Connection, role: str | None) -> int | None:
+    """CPU count of the first registered node (of ``role`` if given), inside a transaction."""
+    stmt = select(node_table.c.cpu_count).where(node_table.c.cpu_count > 0).order_by(node_table.c.host).limit(1)
+    if role is not None:
+        stmt = stmt.where(node_table.c.role == role)
+    value = conn.execute(stmt).scalar()
+    return int(value) if value is not None else None
+
+
+class Nodes(StorageBase):
+    """The node table (DXF's ``dist_framework_meta`` plus a heartbeat)."""
+
+    def init_meta(self, exec_id: str, role: str = "", cpu_count: int | None = None) -> None:
+        """Register (or refresh) this node, updating its CPU count and role."""
+        self._upsert_node(exec_id, role, cpu_count, update_role=True)
+
+    def recover_meta(self, exec_id: str, role: str = "", cpu_count: int | None = None) -> None:
+        """Re-insert this node if the scheduler removed it; the role of a live row is kept."""
+        self._upsert_node(exec_id, role, cpu_count, update_role=False)
+
+    def _upsert_node(self, exec_id: str, role: str, cpu_count: int | None, *, update_role: bool) -> None:
+        cpu = cpu_count if cpu_count is not None else (os.cpu_count() or 1)
+
+        def txn(conn: Connection) -> None:
+            now = utcnow()
+            values: dict[str, Any] = {"cpu_count": cpu, "heartbeat": now}
+            if update_role:
+                values["role"] = role
+            if conn.execute(update(node_table).where(node_table.c.host == exec_id).values(**values)).rowcount == 0:
+                conn.execute(insert(node_table).values(host=exec_id, role=role, cpu_count=cpu, heartbeat=now))
+
+        try:
+            self._write(txn)
+        except sa_exc.IntegrityError:
+            # Inserted concurrently by the same node's other loop: the update now matches.
+            self._write(txn)
+
+    def heartbeat(self, exec_id: str) -> bool:
+        """Touch this node's heartbeat; False when its row is gone (it was deemed dead)."""
+        stmt = update(node_table).where(node_table.c.host == exec_id).values(heartbeat=utcnow())
+        return bool(self._write(lambda conn: conn.execute(stmt).rowcount))
+
+    def get_all_nodes(self) -> list[ManagedNode]:
+        stmt = select(node_table).order_by(node_table.c.host)
+        return self._read(
+            lambda conn: [ManagedNode(r.host, r.role, r.cpu_count, r.heartbeat) for r in conn.execute(stmt)]
+        )
+
+    def get_dead_nodes(self, ttl_seconds: float) -> list[str]:
+        """Nodes whose last heartbeat is older than ``ttl_seconds``."""
+        cutoff = utcnow() - timedelta(seconds=ttl_seconds)
+        stmt = select(node_table.c.host).where(or_(node_table.c.heartbeat < cutoff, node_table.c.heartbeat.is_(None)))
+        return self._read(lambda conn: sorted(r[0] for r in conn.execute(stmt)))
+
+    def delete_dead_nodes(self, hosts: Sequence[str]) -> int:
+        if not hosts:
+            return 0
+        stmt = delete(node_table).where(node_table.c.host.in_(list(hosts)))
+        return int(self._write(lambda conn: conn.execute(stmt).rowcount))
+
+    def delete_node(self, exec_id: str) -> bool:
+        return self.delete_dead_nodes([exec_id]) > 0
+
+    def get_cpu_count_of_node(self, role: str | None = None) -> int | None:
+        """CPU count of the first registered node (of ``role`` if given); None with no node."""
+        return self._read(lambda conn: cpu_count_of(conn, role))

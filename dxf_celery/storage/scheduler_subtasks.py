@@ -1,0 +1,156 @@
+"""Subtasks, scheduler side: counts, errors and summaries a scheduler reads, and the moves
+it makes on subtasks (resume, rebalance)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Connection, Select, Table, func, select, update
+
+from dxf_celery.errors import SubtaskNotFoundError
+from dxf_celery.proto import StoredError, Subtask, SubtaskBase, SubtaskState
+from dxf_celery.storage.base import StorageBase, utcnow
+from dxf_celery.storage.rows import (
+    ACTIVE,
+    SUBTASK_BASE_COLUMNS,
+    live_and_history,
+    load_json,
+    subtask_base_from_row,
+    subtask_from_row,
+    values_of,
+)
+from dxf_celery.storage.tables import subtask_table
+
+_FAILED_OR_CANCELED = values_of((SubtaskState.FAILED, SubtaskState.CANCELED))
+
+
+class SchedulerSubtasks(StorageBase):
+    """What schedulers, the balancer and the client API read about subtasks."""
+
+    def get_subtask(self, subtask_id: int) -> Subtask:
+        stmt = select(subtask_table).where(subtask_table.c.id == subtask_id)
+
+        def txn(conn: Connection) -> Subtask:
+            row = conn.execute(stmt).first()
+            if row is None:
+                raise SubtaskNotFoundError(f"subtask {subtask_id} not found")
+            return subtask_from_row(row)
+
+        return self._read(txn)
+
+    def get_used_slots_on_nodes(self) -> dict[str, int]:
+        """Per node: the sum over tasks of the largest concurrency of its active subtasks."""
+        inner = (
+            select(subtask_table.c.exec_id, func.max(subtask_table.c.concurrency).label("slots"))
+            .where(subtask_table.c.state.in_(ACTIVE))
+            .group_by(subtask_table.c.exec_id, subtask_table.c.task_id)
+            .subquery()
+        )
+        stmt = select(inner.c.exec_id, func.sum(inner.c.slots)).group_by(inner.c.exec_id)
+        return self._read(lambda conn: {r[0]: int(r[1]) for r in conn.execute(stmt)})
+
+    def get_active_subtasks(self, task_id: int) -> list[SubtaskBase]:
+        """pending/running subtasks of a task, every step, by id (the balancer groups them)."""
+        cols = [subtask_table.c[c] for c in SUBTASK_BASE_COLUMNS]
+        stmt = (
+            select(*cols)
+            .where(subtask_table.c.task_id == task_id, subtask_table.c.state.in_(ACTIVE))
+            .order_by(subtask_table.c.id)
+        )
+        return self._read(lambda conn: [subtask_base_from_row(r) for r in conn.execute(stmt)])
+
+    def get_subtask_cnt_group_by_states(self, task_id: int, step: int) -> dict[SubtaskState, int]:
+        stmt = (
+            select(subtask_table.c.state, func.count())
+            .where(subtask_table.c.task_id == task_id, subtask_table.c.step == step)
+            .group_by(subtask_table.c.state)
+        )
+        return self._read(lambda conn: {SubtaskState(r[0]): int(r[1]) for r in conn.execute(stmt)})
+
+    def get_subtask_counts_by_step(self, task_id: int) -> dict[int, dict[SubtaskState, int]]:
+        """Counts per step and state over live and history rows (for progress reports)."""
+
+        rows = live_and_history(lambda t: select(t.c.step, t.c.state).where(t.c.task_id == task_id)).subquery()
+        stmt = select(rows.c.step, rows.c.state, func.count()).group_by(rows.c.step, rows.c.state)
+
+        def txn(conn: Connection) -> dict[int, dict[SubtaskState, int]]:
+            out: dict[int, dict[SubtaskState, int]] = {}
+            for step, state, n in conn.execute(stmt):
+                out.setdefault(step, {})[SubtaskState(state)] = int(n)
+            return out
+
+        return self._read(txn)
+
+    def resume_subtasks(self, task_id: int) -> int:
+        """paused → pending on every node, clearing errors."""
+        stmt = (
+            update(subtask_table)
+            .where(subtask_table.c.task_id == task_id, subtask_table.c.state == SubtaskState.PAUSED.value)
+            .values(state=SubtaskState.PENDING.value, error=None, state_update_time=utcnow())
+        )
+        return int(self._write(lambda conn: conn.execute(stmt).rowcount))
+
+    def get_subtask_errors(self, task_id: int) -> list[StoredError | None]:
+        """Errors of failed/canceled subtasks of every step (None for a subtask without one)."""
+        stmt = (
+            select(subtask_table.c.error)
+            .where(subtask_table.c.task_id == task_id, subtask_table.c.state.in_(_FAILED_OR_CANCELED))
+            .order_by(subtask_table.c.id)
+        )
+        return self._read(lambda conn: [StoredError.from_json(r[0]) for r in conn.execute(stmt)])
+
+    def update_subtasks_exec_ids(self, subtasks: Sequence[SubtaskBase]) -> int:
+        """Move subtasks to their new ``exec_id``, each guarded by the state the caller read."""
+        if not subtasks:
+            return 0
+
+        def txn(conn: Connection) -> int:
+            moved = 0
+            for s in subtasks:
+                moved += conn.execute(
+                    update(subtask_table)
+                    .where(subtask_table.c.id == s.id, subtask_table.c.state == s.state.value)
+                    .values(exec_id=s.exec_id)
+                ).rowcount
+            return moved
+
+        return self._write(txn)
+
+    def get_all_subtasks_by_step_and_state(self, task_id: int, step: int, state: SubtaskState) -> list[Subtask]:
+        stmt = (
+            select(subtask_table)
+            .where(
+                subtask_table.c.task_id == task_id,
+                subtask_table.c.step == step,
+                subtask_table.c.state == state.value,
+            )
+            .order_by(subtask_table.c.ordinal)
+        )
+        return self._read(lambda conn: [subtask_from_row(r) for r in conn.execute(stmt)])
+
+    def get_subtasks(self, task_id: int, step: int | None = None, *, with_history: bool = True) -> list[Subtask]:
+        """Subtasks of a task (live, then history), ordered by step and ordinal."""
+
+        def part(table: Table) -> Select[Any]:
+            stmt = select(*table.c).where(table.c.task_id == task_id)
+            return stmt.where(table.c.step == step) if step is not None else stmt
+
+        stmt = live_and_history(part) if with_history else part(subtask_table)
+
+        def txn(conn: Connection) -> list[Subtask]:
+            out = [subtask_from_row(r) for r in conn.execute(stmt)]
+            out.sort(key=lambda s: (s.step if s.step >= 0 else 1 << 30, s.ordinal, s.id))
+            return out
+
+        return self._read(txn)
+
+    def get_subtask_summaries(self, task_id: int, step: int) -> list[dict[str, Any]]:
+        """Decoded summaries of every subtask of a step, live and history."""
+
+        stmt = live_and_history(lambda t: select(t.c.summary).where(t.c.task_id == task_id, t.c.step == step))
+        return self._read(lambda conn: [load_json(r[0]) for r in conn.execute(stmt)])
+
+    def get_busy_nodes(self) -> list[str]:
+        stmt = select(subtask_table.c.exec_id).where(subtask_table.c.state.in_(ACTIVE)).distinct()
+        return self._read(lambda conn: sorted(r[0] for r in conn.execute(stmt)))

@@ -156,8 +156,9 @@ def _timeline(task: Task, stats: dict[int, reads.StepStats], source: str) -> lis
             events.append((st.first_start, f"step {step}: first subtask started"))
         if st.last_end is not None and all(st.counts.get(s, 0) == 0 for s in ("pending", "running")):
             events.append((st.last_end, f"step {step}: last subtask ended"))
-    if task.state_update_time is not None and task.state_update_time not in (task.end_time, task.create_time):
-        events.append((task.state_update_time, f"state changed to {task.state.value}"))
+    last_change = task.state_update_time
+    if last_change is not None and task.end_time is None and last_change != task.create_time:
+        events.append((last_change, f"state changed to {task.state.value}"))
     if task.end_time is not None:
         where = " (moved to history)" if source == "history" else ""
         events.append((task.end_time, f"ended {task.state.value}{where}"))

@@ -50,6 +50,7 @@ def test_tasks_and_task_page_show_steps_nodes_rates_and_errors(task_manager: Tas
         assert (step["row_count"], step["bytes"]) == (20, 2000)
         assert task["rows_per_second"] is not None and task["rows_per_second"] > 0
         assert task["eta_seconds"] is not None and task["elapsed_seconds"] is not None
+        assert task["allowed_actions"] == ["pause", "cancel", "modify"]
 
         detail = client.get("/api/tasks/big").json()
         assert detail["id"] == task_id and detail["source"] == "live"
@@ -77,6 +78,7 @@ def test_finished_task_is_read_from_history(task_manager: TaskManager) -> None:
         (listed,) = client.get("/api/tasks").json()["tasks"]
         assert (listed["key"], listed["state"], listed["done"], listed["eta_seconds"]) == ("old", "succeed", True, None)
         assert listed["steps"][0]["progress"] == 1.0 and listed["steps"][0]["row_count"] == 10
+        assert listed["allowed_actions"] == []
         detail = client.get("/api/tasks/old").json()
         assert detail["source"] == "history"
         assert detail["timeline"][-1]["event"] == "ended succeed (moved to history)"

@@ -12,7 +12,17 @@ from datetime import datetime
 from typing import Any
 
 from dxf_celery.errors import TaskNotFoundError
-from dxf_celery.proto import STEP_DONE, STEP_INIT, TASK_DONE_STATES, Subtask, Task, TaskState
+from dxf_celery.proto import (
+    CANCELLABLE_TASK_STATES,
+    MODIFIABLE_TASK_STATES,
+    PAUSABLE_TASK_STATES,
+    STEP_DONE,
+    STEP_INIT,
+    TASK_DONE_STATES,
+    Subtask,
+    Task,
+    TaskState,
+)
 from dxf_celery.storage import TaskManager, utcnow
 from dxf_celery.storage import dashboard_reads as reads
 
@@ -40,6 +50,20 @@ def _seconds(start: datetime | None, end: datetime | None) -> float | None:
     if start is None or end is None:
         return None
     return max(0.0, (end - start).total_seconds())
+
+
+def allowed_actions(state: TaskState) -> list[str]:
+    """The actions the client API accepts in ``state`` (the pages show only these buttons)."""
+    out = []
+    if state in PAUSABLE_TASK_STATES:
+        out.append("pause")
+    if state == TaskState.PAUSED:
+        out.append("resume")
+    if state in CANCELLABLE_TASK_STATES:
+        out.append("cancel")
+    if state in MODIFIABLE_TASK_STATES:
+        out.append("modify")
+    return out
 
 
 def _step_doc(step: int, st: reads.StepStats, now: datetime, current: bool) -> dict[str, Any]:
@@ -103,6 +127,7 @@ def task_doc(task: Task, stats: dict[int, reads.StepStats], now: datetime) -> di
         "bytes_per_second": current["bytes_per_second"] if current is not None else None,
         "error": str(task.error) if task.error is not None else None,
         "done": done,
+        "allowed_actions": allowed_actions(task.state),
     }
 
 

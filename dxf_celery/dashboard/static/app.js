@@ -28,9 +28,10 @@ function duration(seconds) {
 }
 
 function rate(task) {
-  if (task.bytes_per_second) return humanBytes(task.bytes_per_second) + "/s";
-  if (task.rows_per_second) return Math.round(task.rows_per_second).toLocaleString() + " rows/s";
-  return "–";
+  const parts = [];
+  if (task.rows_per_second) parts.push(Math.round(task.rows_per_second).toLocaleString() + " rows/s");
+  if (task.bytes_per_second) parts.push(humanBytes(task.bytes_per_second) + "/s");
+  return parts.length ? parts.join(" · ") : "–";
 }
 
 function humanBytes(n) {
@@ -84,11 +85,12 @@ async function act(key, action) {
 }
 
 function actionButtons(task) {
-  if (!state.config.actions || task.done) return null;
+  if (!state.config.actions) return null;
+  const allowed = task.allowed_actions || [];
+  if (!allowed.length) return null;
   return el("span", { class: "actions" },
-    ["pause", "resume", "cancel", "modify"].map((a) =>
-      el("button", { type: "button", "data-action": a, "data-key": task.key,
-                     onclick: () => act(task.key, a) }, a)));
+    allowed.map((a) => el("button", { type: "button", "data-action": a, "data-key": task.key,
+                                      onclick: () => act(task.key, a) }, a)));
 }
 
 function setStatus(text, isError) {

@@ -240,3 +240,58 @@ def test_json_documents_are_plain_json(task_manager: TaskManager) -> None:
         for path in ("/api/tasks", "/api/tasks/big", "/api/nodes", "/api/config"):
             body = client.get(path).body
             assert json.loads(body) is not None, path
+
+
+def test_worker_metrics_time_passes_and_count_sql_retries(task_manager: TaskManager) -> None:
+    from prometheus_client import generate_latest
+
+    from dxf_celery.metrics import WorkerMetrics
+    from dxf_celery.retry import ExponentialBackoff, run_with_retry
+
+    metrics = WorkerMetrics(task_manager)
+    try:
+        calls: list[int] = []
+
+        def flaky() -> int:
+            calls.append(1)
+            if len(calls) < 3:
+                raise ConnectionError("database restarting")
+            return 7
+
+        assert run_with_retry(flaky, is_retryable=lambda e: isinstance(e, ConnectionError),
+                              backoff=ExponentialBackoff(base=0.001, maximum=0.001)) == 7
+        held = metrics.timed_pass("n1", lambda: True)
+        assert held() is True
+        assert metrics.timed_pass("n2", lambda: False)() is False
+        samples = _samples(generate_latest(metrics.registry).decode())
+    finally:
+        metrics.close()
+    assert samples[("dxf_sql_retries_total", ())] == 2
+    assert samples[("dxf_scheduler_pass_seconds_count", (("node", "n1"),))] == 1
+    assert ("dxf_scheduler_pass_seconds_count", (("node", "n2"),)) not in samples  # no lease: no pass
+    assert samples[("dxf_scheduler_lease_held", (("node", "n1"),))] == 1
+    assert samples[("dxf_scheduler_lease_held", (("node", "n2"),))] == 0
+    assert samples[("dxf_sql_up", ())] == 1
+
+
+def test_grafana_dashboard_queries_only_metrics_that_exist(task_manager: TaskManager) -> None:
+    import re
+    from pathlib import Path
+
+    from prometheus_client import generate_latest
+
+    from dxf_celery.metrics import WorkerMetrics
+
+    _two_node_task(task_manager)
+    assert task_manager.try_acquire_lease("scheduler", "n1", 60)
+    metrics = WorkerMetrics(task_manager)
+    try:
+        metrics.timed_pass("n1", lambda: True)()
+        metrics.retries.inc()
+        exposed = {name for name, _ in _samples(generate_latest(metrics.registry).decode())}
+    finally:
+        metrics.close()
+    doc = json.loads((Path(__file__).resolve().parents[1] / "docs" / "grafana-dxf.json").read_text())
+    queried = {m for panel in doc["panels"] for target in panel["targets"]
+               for m in re.findall(r"\bdxf_[a-z_]+", target["expr"])}
+    assert queried and queried <= exposed, sorted(queried - exposed)

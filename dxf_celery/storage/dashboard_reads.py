@@ -87,35 +87,47 @@ def _summary(text: str | None) -> tuple[int, int]:
 
 
 def step_stats(tm: TaskManager, task_ids: Sequence[int]) -> dict[int, dict[int, StepStats]]:
-    """Per task and step: counts by state (overall and per node), summed rows/bytes, times."""
+    """Per task and step: counts by state (overall and per node), summed rows/bytes, times.
+
+    Counts and times are grouped in SQL (one row per task, step, state and node); only the
+    summaries that say something are read row by row, since their JSON is decoded here.
+    """
     ids = sorted(set(task_ids))
     if not ids:
         return {}
 
     def part(t: Table) -> Select[Any]:
         return select(
-            t.c.task_id, t.c.step, t.c.state, t.c.exec_id, t.c.summary, t.c.create_time, t.c.start_time,
-            t.c.end_time,
+            t.c.task_id, t.c.step, t.c.state, t.c.exec_id, t.c.create_time, t.c.start_time, t.c.end_time,
         ).where(t.c.task_id.in_(ids))
 
-    stmt = _both(part)
+    rows = _both(part).subquery()
+    groups = select(
+        rows.c.task_id, rows.c.step, rows.c.state, rows.c.exec_id, func.count(), func.min(rows.c.create_time),
+        func.min(rows.c.start_time), func.max(rows.c.end_time),
+    ).group_by(rows.c.task_id, rows.c.step, rows.c.state, rows.c.exec_id)
+    summaries = _both(
+        lambda t: select(t.c.task_id, t.c.step, t.c.summary).where(t.c.task_id.in_(ids), t.c.summary.not_in(("", "{}")))
+    )
 
     def txn(conn: Connection) -> dict[int, dict[int, StepStats]]:
         out: dict[int, dict[int, StepStats]] = {}
-        for task_id, step, state, exec_id, summary, created, started, ended in conn.execute(stmt):
+        for task_id, step, state, exec_id, n, created, started, ended in conn.execute(groups):
             st = out.setdefault(int(task_id), {}).setdefault(int(step), StepStats())
-            st.counts[state] = st.counts.get(state, 0) + 1
+            st.counts[state] = st.counts.get(state, 0) + int(n)
             node = st.by_node.setdefault(exec_id, {})
-            node[state] = node.get(state, 0) + 1
-            rows, size = _summary(summary)
-            st.row_count += rows
-            st.bytes += size
+            node[state] = node.get(state, 0) + int(n)
             if created is not None and (st.first_create is None or created < st.first_create):
                 st.first_create = created
             if started is not None and (st.first_start is None or started < st.first_start):
                 st.first_start = started
             if ended is not None and (st.last_end is None or ended > st.last_end):
                 st.last_end = ended
+        for task_id, step, summary in conn.execute(summaries):
+            st = out.setdefault(int(task_id), {}).setdefault(int(step), StepStats())
+            r, b = _summary(summary)
+            st.row_count += r
+            st.bytes += b
         return out
 
     result: dict[int, dict[int, StepStats]] = _read(tm, txn)

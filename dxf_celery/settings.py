@@ -85,6 +85,10 @@ class DXFSettings:
     progress_events: bool = True
     #: Period of those progress events.
     progress_event_interval: float = 1.0
+    #: Port of this worker's Prometheus endpoint (0 = none); see docs/dashboard.md.
+    metrics_port: int = 0
+    #: Address that endpoint listens on (loopback unless you expose it on purpose).
+    metrics_host: str = "127.0.0.1"
 
     @classmethod
     def from_conf(cls, conf: Mapping[str, Any] | Any, **overrides: Any) -> DXFSettings:
@@ -128,6 +132,8 @@ class DXFSettings:
                 f"dxf_node_ttl ({self.node_ttl}) must exceed dxf_heartbeat_interval ({self.heartbeat_interval}), "
                 "or live nodes are declared dead"
             )
+        if not 0 <= self.metrics_port <= 65535:
+            raise DXFConfigError(f"dxf_metrics_port must be 0 (off) or a TCP port, got {self.metrics_port}")
         if not self.queue_prefix or not self.scheduler_queue:
             raise DXFConfigError("dxf_queue_prefix and dxf_scheduler_queue must be non-empty queue names")
 

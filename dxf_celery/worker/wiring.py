@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from celery import signals
 
+from dxf_celery import observability
 from dxf_celery.worker import control as _control  # noqa: F401  (registers the commands)
 from dxf_celery.worker.bootsteps import DXFNodeStep, DXFSchedulerTicks
 from dxf_celery.worker.launcher import EXECUTE_TASK, tracker
@@ -32,6 +33,7 @@ def install(app: Celery, state: DXFState) -> None:
     app.steps["worker"].add(DXFNodeStep)
     app.steps["consumer"].add(DXFSchedulerTicks)
     _connect_signals()
+    observability.install(app, state, BEAT_ENTRY)
 
     def add_beat_entry(**_: Any) -> None:
         settings = state.settings

@@ -2,7 +2,8 @@
 
 Everything comes from the environment so each test picks its broker, database and timing:
 ``DXF_E2E_BROKER``, ``DXF_E2E_DB_URL``, ``DXF_E2E_SLOTS``, ``DXF_E2E_TYPES`` ("0" = this
-worker knows no task type), and ``DXF_E2E_FS_DIR`` (folder of the ``filesystem://`` broker).
+worker knows no task type), ``DXF_E2E_FS_DIR`` (folder of the ``filesystem://`` broker) and
+``DXF_E2E_METRICS_PORT`` (the worker's Prometheus port).
 The test process builds the same app with :func:`create_app` to submit tasks.
 """
 
@@ -57,6 +58,8 @@ def create_app(
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
     )
+    if os.environ.get("DXF_E2E_METRICS_PORT"):
+        conf["dxf_metrics_port"] = int(os.environ["DXF_E2E_METRICS_PORT"])
     if broker.startswith("filesystem://") and fs_dir:
         conf["broker_transport_options"] = filesystem_transport_options(fs_dir)
     app.conf.update(conf)

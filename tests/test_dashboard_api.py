@@ -184,7 +184,9 @@ def test_metrics_parse_and_match_sql(task_manager: TaskManager) -> None:
         assert samples[("dxf_subtasks", (("state", state), ("type", "t")))] == n
     assert samples[("dxf_subtasks_finished_total", (("state", "succeed"), ("type", "t")))] == by_state["succeed"]
     assert samples[("dxf_subtasks_finished_total", (("state", "failed"), ("type", "t")))] == by_state["failed"]
-    assert samples[("dxf_subtask_rows_total", (("type", "t"),))] == task_manager.get_subtask_row_count(task_id, 1)
+    assert samples[("dxf_subtask_rows_total", (("type", "t"),))] == sum(
+        int(summary.get("row_count", 0)) for summary in task_manager.get_subtask_summaries(task_id, 1)
+    )
     assert samples[("dxf_subtask_bytes_total", (("type", "t"),))] == 2000
     used = task_manager.get_used_slots_on_nodes()
     for node in task_manager.get_all_nodes():

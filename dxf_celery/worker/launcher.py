@@ -28,13 +28,13 @@ from dxf_celery.context import Context
 from dxf_celery.proto import Task
 from dxf_celery.taskexecutor.param import Param
 from dxf_celery.worker.execution import local_executions
+from dxf_celery.worker.names import EXECUTE_TASK
 
 if TYPE_CHECKING:
     from celery import Celery
 
 logger = logging.getLogger(__name__)
 
-EXECUTE_TASK = "dxf.execute"
 #: Extra seconds past ``launch_timeout`` before an unreceived launch counts as gone.
 RECEIVE_GRACE = 5.0
 

@@ -25,16 +25,14 @@ from dxf_celery.taskexecutor.param import Param
 from dxf_celery.taskexecutor.slots import SlotManager
 from dxf_celery.worker.events import ProgressReporter
 from dxf_celery.worker.execution import ExecutionControl, ExecutorCancelledError, local_executions
-from dxf_celery.worker.launcher import EXECUTE_TASK
+from dxf_celery.worker.names import EXECUTE_TASK, SCHEDULE_TASK
 
 if TYPE_CHECKING:
     from celery import Celery
 
-    from dxf_celery.app import DXFState
+    from dxf_celery.worker.state import DXFState
 
 logger = logging.getLogger(__name__)
-
-SCHEDULE_TASK = "dxf.schedule"
 
 
 def run_execute(

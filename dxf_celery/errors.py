@@ -80,6 +80,20 @@ class StorageDataError(DXFError, ValueError):
     """The database refused a value or statement (too long, wrong type): not worth a retry."""
 
 
+def is_transient_error(err: BaseException) -> bool:
+    """True for errors a later retry may not meet: the database was unreachable or timed out.
+
+    Storage translates every driver error it lets out (deadlocks are replayed inside it and
+    surface as :class:`StorageUnavailableError` when they persist), so this is decided from
+    the DXF errors alone and needs no database driver. Schema and data errors are never
+    transient: the same statement fails again. ``storage.is_transient_error`` also knows the
+    raw driver errors, for code that talks to a database itself.
+    """
+    if isinstance(err, (StorageSchemaError, StorageDataError)):
+        return False
+    return isinstance(err, (StorageUnavailableError, ConnectionError, TimeoutError))
+
+
 class TaskFailedError(DXFError):
     """A waited-for task ended ``failed`` or ``reverted``; ``.task`` holds the final row."""
 
@@ -105,4 +119,5 @@ __all__ = [
     "TaskStateNotAllowedError",
     "UnknownTaskTypeError",
     "UnstableSubtasksError",
+    "is_transient_error",
 ]

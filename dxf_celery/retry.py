@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from dxf_celery.context import Context
-from dxf_celery.storage.engine import is_transient_error
+from dxf_celery.errors import is_transient_error
 
 logger = logging.getLogger(__name__)
 

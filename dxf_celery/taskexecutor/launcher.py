@@ -11,10 +11,9 @@ import threading
 from typing import Protocol
 
 from dxf_celery.context import Context
-from dxf_celery.errors import DXFError, UnknownTaskTypeError
+from dxf_celery.errors import DXFError, UnknownTaskTypeError, is_transient_error
 from dxf_celery.proto import Task
 from dxf_celery.retry import run_with_retry
-from dxf_celery.storage.engine import is_transient_error
 from dxf_celery.taskexecutor.interfaces import TaskExecutor
 from dxf_celery.taskexecutor.param import Param
 from dxf_celery.taskexecutor.register import get_task_executor_factory

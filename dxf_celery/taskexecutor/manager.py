@@ -13,9 +13,9 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from dxf_celery.context import Context
+from dxf_celery.errors import is_transient_error
 from dxf_celery.proto import NodeResource, TaskBase, TaskState
 from dxf_celery.retry import run_with_retry
-from dxf_celery.storage.engine import is_transient_error
 from dxf_celery.taskexecutor.interfaces import TaskTable
 from dxf_celery.taskexecutor.launcher import ExecutorHandle, Launcher, ThreadLauncher
 from dxf_celery.taskexecutor.param import Intervals, InvalidSettingError, Param

@@ -25,10 +25,10 @@ from dxf_celery.errors import (
     NonIdempotentSubtaskError,
     SubtaskNotFoundError,
     TaskNotFoundError,
+    is_transient_error,
 )
 from dxf_celery.proto import Subtask, SubtaskState, Task, TaskBase, TaskState
 from dxf_celery.retry import run_with_retry
-from dxf_celery.storage.engine import is_transient_error
 from dxf_celery.taskexecutor.execute import StepExecutor
 from dxf_celery.taskexecutor.interfaces import Extension
 from dxf_celery.taskexecutor.param import Param

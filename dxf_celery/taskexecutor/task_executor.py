@@ -22,6 +22,7 @@ from dxf_celery.context import Context
 from dxf_celery.errors import (
     CancelSubtaskError,
     DXFError,
+    ExecutorCancelledError,
     NonIdempotentSubtaskError,
     SubtaskNotFoundError,
     TaskNotFoundError,
@@ -29,6 +30,7 @@ from dxf_celery.errors import (
 )
 from dxf_celery.proto import Subtask, SubtaskState, Task, TaskBase, TaskState
 from dxf_celery.retry import run_with_retry
+from dxf_celery.taskexecutor import interrupt
 from dxf_celery.taskexecutor.execute import StepExecutor
 from dxf_celery.taskexecutor.interfaces import Extension
 from dxf_celery.taskexecutor.param import Param
@@ -129,6 +131,10 @@ class BaseTaskExecutor:
     def run(self) -> None:
         try:
             self._run_loop()
+        except ExecutorCancelledError as err:
+            # A forced interruption that landed just as the step code returned: the executor
+            # was cancelled anyway, so it stops; the subtask row is left for the scheduler.
+            logger.info("task %d on %s: executor interrupted: %s", self._task_id, self._exec_id, err)
         except Exception as err:
             # DXF recovers a panic in Run by failing one subtask with its text.
             logger.exception("task %d on %s: executor loop crashed", self._task_id, self._exec_id)
@@ -278,19 +284,26 @@ class BaseTaskExecutor:
             step_exec.reset_summary()
         except Exception:
             logger.exception("task %d: reset_summary failed", self._task_id)
+        returned = threading.Event()
         watcher = threading.Thread(
             target=self._watch_subtask,
-            args=(step_exec, subtask, subtask_ctx, check_ctx),
+            args=(step_exec, subtask, subtask_ctx, check_ctx, threading.get_ident(), returned),
             name=f"dxf-watch-{self._task_id}-{subtask.id}",
             daemon=True,
         )
         watcher.start()
         error: BaseException | None = None
         try:
-            step_exec.run_subtask(subtask_ctx, subtask)
+            with interrupt.step_code(subtask.id):
+                step_exec.run_subtask(subtask_ctx, subtask)
+        except ExecutorCancelledError as err:
+            # Forced by the watcher: only ever raised after subtask_ctx was cancelled.
+            error = err
         except Exception as err:
             error = err
         finally:
+            interrupt.leave_step_code()
+            returned.set()
             check_ctx.cancel()
             watcher.join()
         self._persist_summary(step_exec, subtask.id, final=True)
@@ -329,9 +342,32 @@ class BaseTaskExecutor:
     # ------------------------------------------------------------------ watcher thread
 
     def _watch_subtask(
+        self, step_exec: StepExecutor, subtask: Subtask, subtask_ctx: Context, check_ctx: Context,
+        runner: int, returned: threading.Event,
+    ) -> None:
+        """One thread per running subtask: the periodic checks, then the cancel deadline if it was cancelled."""
+        self._run_checks(step_exec, subtask, subtask_ctx, check_ctx)
+        if subtask_ctx.done() and not returned.is_set():
+            self._enforce_cancel(subtask, subtask_ctx, runner, returned)
+
+    def _enforce_cancel(self, subtask: Subtask, subtask_ctx: Context, runner: int, returned: threading.Event) -> None:
+        """Interrupt step code that keeps running ``cancel_grace`` seconds after its Context was cancelled.
+
+        Repeated every grace period while the step code still runs (it may catch the
+        exception by name); :mod:`~dxf_celery.taskexecutor.interrupt` never raises once the
+        step code has returned.
+        """
+        grace = self.param.intervals.cancel_grace
+        while not returned.wait(grace):
+            if not interrupt.interrupt(runner, subtask.id):
+                return
+            logger.warning("task %d: subtask %d ignored its cancellation (%s) for %.1fs; interrupting it",
+                           self._task_id, subtask.id, subtask_ctx.cause, grace)
+
+    def _run_checks(
         self, step_exec: StepExecutor, subtask: Subtask, subtask_ctx: Context, check_ctx: Context
     ) -> None:
-        """One thread per running subtask: task state, balance, summary and live modification checks."""
+        """Task state, balance, summary and live modification checks until ``check_ctx`` is cancelled."""
         iv = self.param.intervals
         now = time.monotonic()
         due = {

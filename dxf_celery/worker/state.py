@@ -105,6 +105,7 @@ class DXFState:
             max_subtask_check=s.max_subtask_check_interval,
             watch_task=s.watch_task_interval,
             heartbeat=s.heartbeat_interval,
+            cancel_grace=s.cancel_grace,
         )
 
     def scheduler_intervals(self) -> SchedulerIntervals:

@@ -33,7 +33,10 @@ from dxf_celery.retry import run_with_retry
 from dxf_celery.taskexecutor import interrupt
 from dxf_celery.taskexecutor.execute import StepExecutor
 from dxf_celery.taskexecutor.interfaces import Extension
+from dxf_celery.taskexecutor.ownership import SubtaskMovedAwayError, check_ownership
 from dxf_celery.taskexecutor.param import Param
+
+__all__ = ["BaseTaskExecutor", "SubtaskMovedAwayError", "TaskExecutorStoppedError"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,13 +44,6 @@ T = TypeVar("T")
 
 _RUNNABLE = (TaskState.RUNNING, TaskState.MODIFYING)
 _REVERT_STATES = (TaskState.REVERTING, TaskState.CANCELLING)
-
-
-class SubtaskMovedAwayError(DXFError):
-    """Cancel cause of a subtask whose row now belongs to another node: its row is left alone."""
-
-    def __init__(self, message: str = "subtask was scheduled away from this node") -> None:
-        super().__init__(message)
 
 
 class TaskExecutorStoppedError(DXFError):
@@ -428,38 +424,7 @@ class BaseTaskExecutor:
         return True
 
     def _check_balance(self, current: Subtask, subtask_ctx: Context) -> bool:
-        table = self.param.task_table
-        try:
-            running = table.get_subtasks_by_exec_id_and_step_and_states(
-                self._exec_id, self._task_id, current.step, SubtaskState.RUNNING
-            )
-        except Exception as err:
-            logger.debug("task %d: balance check cannot read subtasks: %s", self._task_id, err)
-            return True
-        if not any(s.id == current.id for s in running):
-            logger.info("task %d: subtask %d is no longer running here; stopping it", self._task_id, current.id)
-            subtask_ctx.cancel(SubtaskMovedAwayError())
-            return False
-        back_to_pending = []
-        for other in running:
-            if other.id == current.id:
-                continue
-            if not self.extension.is_idempotent(other):
-                try:
-                    table.update_subtask_state_and_error(
-                        self._exec_id, other.id, SubtaskState.FAILED, NonIdempotentSubtaskError()
-                    )
-                except Exception as err:
-                    logger.warning("task %d: cannot fail leftover subtask %d: %s", self._task_id, other.id, err)
-                    return True
-                return True
-            back_to_pending.append(other)
-        if back_to_pending:
-            try:
-                table.running_subtasks_back_to_pending(back_to_pending)
-            except Exception as err:
-                logger.warning("task %d: cannot return leftover subtasks to pending: %s", self._task_id, err)
-        return True
+        return check_ownership(self.param.task_table, self.extension, self._exec_id, current, subtask_ctx)
 
     def _persist_summary(self, step_exec: StepExecutor, subtask_id: int, *, final: bool) -> bool:
         try:

@@ -22,7 +22,7 @@ class SlotManager:
     def __init__(self, total_slots: int) -> None:
         if total_slots < 1:
             raise InvalidSlotCountError(
-                f"slot capacity must be >= 1 (the node's slots: NodeResource.total_cpu, dxf_node_slots), got {total_slots}"
+                f"slot capacity must be >= 1 (the node's slots, dxf_node_slots), got {total_slots}"
             )
         self._total = total_slots
         self._available = total_slots

@@ -2,8 +2,8 @@
 
 The node Manager only talks to a :class:`RunningExecutor` (its grip on an executor started
 somewhere), never to the executor object, so the in-process path and the Celery path share
-every line of the Manager; both build and run the executor with :func:`build_executor` and
-:func:`run_executor`.
+every line of the Manager. Both build the executor with :func:`build_executor`; the Celery
+task ``dxf.execute`` runs it through :func:`run_executor`.
 """
 
 from __future__ import annotations

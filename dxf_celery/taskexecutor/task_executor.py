@@ -7,6 +7,9 @@ Context tree (cancelling a level cancels everything below it)::
         └── step ctx        cancel_running_subtask(): cause CancelSubtaskError - row ends canceled
             └── subtask ctx cancelled when the subtask was moved to another node - row untouched
                 └── check ctx   stops the watcher thread when the subtask returns
+
+Cancelling is cooperative; step code still running ``cancel_grace`` seconds after its
+subtask ctx was cancelled is interrupted by the watcher (:mod:`.interrupt`).
 """
 
 from __future__ import annotations

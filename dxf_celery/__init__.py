@@ -41,6 +41,7 @@ _EXPORTS: dict[str, str] = {
     "UnstableSubtasksError": "dxf_celery.errors",
     "NonIdempotentSubtaskError": "dxf_celery.errors",
     "CancelSubtaskError": "dxf_celery.errors",
+    "ExecutorCancelledError": "dxf_celery.errors",
     "UnknownTaskTypeError": "dxf_celery.errors",
     "StorageUnavailableError": "dxf_celery.errors",
     "TaskFailedError": "dxf_celery.errors",
@@ -72,6 +73,9 @@ if TYPE_CHECKING:
     )
     from dxf_celery.errors import (
         DXFError as DXFError,
+    )
+    from dxf_celery.errors import (
+        ExecutorCancelledError as ExecutorCancelledError,
     )
     from dxf_celery.errors import (
         InvalidTaskError as InvalidTaskError,

@@ -11,144 +11,20 @@ app may be configured after ``DXF(app)``.
 from __future__ import annotations
 
 import logging
-import os
-import threading
-import time
 from typing import TYPE_CHECKING, Any
 
 from dxf_celery.client import TaskClient
-from dxf_celery.settings import DXFConfigError, DXFSettings, check_celery_conf
+from dxf_celery.settings import DXFConfigError, DXFSettings
+from dxf_celery.worker.state import DXFState, ensure_migrated, get_state
 
 if TYPE_CHECKING:
     from celery import Celery
 
-    from dxf_celery.scheduler.param import SchedulerIntervals
     from dxf_celery.storage import TaskManager
-    from dxf_celery.taskexecutor.param import Intervals
-    from dxf_celery.worker.node import NodeRuntime
+
+__all__ = ["DXF", "DXFState", "ensure_migrated", "get_state"]
 
 logger = logging.getLogger(__name__)
-
-SCHEDULE_TASK = "dxf.schedule"
-
-_migrated: set[str] = set()
-_migrate_lock = threading.Lock()
-
-
-def ensure_migrated(url: str, attempts: int = 5) -> None:
-    """Apply the bundled migrations once per process; retried because workers start together."""
-    from dxf_celery.storage import migrate
-
-    with _migrate_lock:
-        if url in _migrated:
-            return
-        for attempt in range(attempts):
-            try:
-                migrate(url)
-                break
-            except Exception as err:
-                if attempt == attempts - 1:
-                    raise
-                logger.info("migration attempt %d failed (%s); another process may be migrating, retrying",
-                            attempt + 1, err)
-                time.sleep(0.2 * (attempt + 1))
-        _migrated.add(url)
-
-
-class DXFState:
-    """Everything DXF keeps per Celery app: settings, the per-process TaskManager, node runtimes."""
-
-    def __init__(self, app: Celery, overrides: dict[str, Any]) -> None:
-        self.app = app
-        self.overrides = dict(overrides)
-        self._settings: DXFSettings | None = None
-        self._tm: TaskManager | None = None
-        self._tm_pid = 0
-        # TaskManagers inherited through fork: kept referenced so that garbage collection in a
-        # pool child never closes the parent's database sockets.
-        self._inherited: list[TaskManager] = []
-        self._lock = threading.RLock()
-        #: PID of the worker main process (set by the worker bootstep before anything runs).
-        self.main_pid: int | None = None
-        #: Id of this worker's life (set before the pool forks, so pool processes share it):
-        #: executor messages launched by an earlier life of the same node are ignored.
-        self.incarnation: str | None = None
-        #: The node runtimes of this process by nodename (one per worker; several in tests).
-        self.runtimes: dict[str, NodeRuntime] = {}
-        self.registered = False
-
-    @property
-    def settings(self) -> DXFSettings:
-        with self._lock:
-            if self._settings is None:
-                check_celery_conf(self.app.conf)
-                self._settings = DXFSettings.from_conf(self.app.conf, **self.overrides)
-            return self._settings
-
-    @property
-    def task_manager(self) -> TaskManager:
-        """This process's TaskManager (a forked pool child builds its own)."""
-        from dxf_celery.storage import TaskManager
-
-        with self._lock:
-            pid = os.getpid()
-            if self._tm is None or self._tm_pid != pid:
-                if self._tm is not None:
-                    self._inherited.append(self._tm)
-                settings = self.settings
-                in_pool_child = self.main_pid is not None and self.main_pid != pid
-                if settings.auto_migrate and not in_pool_child:
-                    ensure_migrated(settings.database_url)
-                self._tm = TaskManager(settings.database_url)
-                self._tm_pid = pid
-            return self._tm
-
-    def intervals(self) -> Intervals:
-        from dxf_celery.taskexecutor.param import Intervals
-
-        s = self.settings
-        return Intervals(
-            task_check=s.task_check_interval,
-            subtask_check=s.subtask_check_interval,
-            max_subtask_check=s.max_subtask_check_interval,
-            watch_task=s.watch_task_interval,
-            heartbeat=s.heartbeat_interval,
-        )
-
-    def scheduler_intervals(self) -> SchedulerIntervals:
-        from dxf_celery.scheduler.param import SchedulerIntervals
-
-        s = self.settings
-        return SchedulerIntervals(schedule=s.scheduler_interval, balance=s.balance_interval, node_ttl=s.node_ttl)
-
-    def send_wakeup(self, reason: str = "wakeup") -> None:
-        """Ask some worker for a scheduler pass now (latency only: beat does it anyway)."""
-        s = self.settings
-        try:
-            self.app.send_task(
-                SCHEDULE_TASK,
-                kwargs={"reason": reason},
-                queue=s.scheduler_queue,
-                routing_key=s.scheduler_queue,
-                expires=max(2 * s.scheduler_interval, 1.0),
-                ignore_result=True,
-            )
-        except Exception as err:  # the broker may be down; beat's ticks still come later
-            logger.warning("could not send a scheduler wake-up: %s", err)
-
-    def dispose(self) -> None:
-        with self._lock:
-            if self._tm is not None and self._tm_pid == os.getpid():
-                self._tm.dispose()
-            self._tm = None
-
-
-def get_state(app: Celery) -> DXFState:
-    """The DXF state of ``app``; :class:`DXFConfigError` when ``DXF(app)`` was never called."""
-    state = getattr(app, "dxf_state", None)
-    if not isinstance(state, DXFState):
-        raise DXFConfigError(f"Celery app {app.main!r} has no DXF: call DXF(app) where the app is created")
-    return state
 
 
 class DXF(TaskClient):

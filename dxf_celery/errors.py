@@ -1,7 +1,8 @@
 """Exceptions raised by dxf-celery.
 
 Every error the framework raises on purpose derives from :class:`DXFError`, so callers can
-catch the framework's errors without catching driver or programming errors by accident.
+catch the framework's errors without catching driver or programming errors by accident. The
+one exception is :class:`ExecutorCancelledError`, a ``BaseException`` on purpose.
 """
 
 from __future__ import annotations
@@ -64,6 +65,19 @@ class CancelSubtaskError(DXFError):
         super().__init__(message)
 
 
+class ExecutorCancelledError(BaseException):
+    """Raised inside step code that did not stop within ``cancel_grace`` after its Context was cancelled.
+
+    A ``BaseException`` (like ``asyncio.CancelledError``), so step code's ``except Exception``
+    does not swallow it; the executor catches it where ``run_subtask`` returns and records
+    the subtask as its Context's cause says (``canceled`` when the task reverts, untouched
+    on pause or shutdown). Step code may catch it to clean up, and must re-raise it.
+    """
+
+    def __init__(self, message: str = "subtask interrupted: it did not stop after its context was cancelled") -> None:
+        super().__init__(message)
+
+
 class UnknownTaskTypeError(DXFError):
     """No executor or scheduler is registered for the task's type on this process."""
 
@@ -80,6 +94,20 @@ class StorageDataError(DXFError, ValueError):
     """The database refused a value or statement (too long, wrong type): not worth a retry."""
 
 
+def is_transient_error(err: BaseException) -> bool:
+    """True for errors a later retry may not meet: the database was unreachable or timed out.
+
+    Storage translates every driver error it lets out (deadlocks are replayed inside it and
+    surface as :class:`StorageUnavailableError` when they persist), so this is decided from
+    the DXF errors alone and needs no database driver. Schema and data errors are never
+    transient: the same statement fails again. ``storage.is_transient_error`` also knows the
+    raw driver errors, for code that talks to a database itself.
+    """
+    if isinstance(err, (StorageSchemaError, StorageDataError)):
+        return False
+    return isinstance(err, (StorageUnavailableError, ConnectionError, TimeoutError))
+
+
 class TaskFailedError(DXFError):
     """A waited-for task ended ``failed`` or ``reverted``; ``.task`` holds the final row."""
 
@@ -92,6 +120,7 @@ class TaskFailedError(DXFError):
 __all__ = [
     "CancelSubtaskError",
     "DXFError",
+    "ExecutorCancelledError",
     "InvalidTaskError",
     "NonIdempotentSubtaskError",
     "StorageDataError",
@@ -105,4 +134,5 @@ __all__ = [
     "TaskStateNotAllowedError",
     "UnknownTaskTypeError",
     "UnstableSubtasksError",
+    "is_transient_error",
 ]

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
 from dxf_celery.context import Context
-from dxf_celery.storage.engine import is_transient_error
+from dxf_celery.errors import is_transient_error
 
 logger = logging.getLogger(__name__)
 
@@ -85,10 +86,31 @@ def run_with_retry(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+def warn_misspelt_retry_hook(cls: type, *, right: str, wrong: str, side: str) -> None:
+    """Warn when an Extension subclass defines the other side's spelling of its retry hook.
+
+    DESIGN pins ``is_retryable_err`` on the scheduler Extension and ``is_retryable_error`` on
+    the executor Extension; a method with the other spelling is never called, so the type's
+    errors would silently stop being retried. A class that is both Extensions wants both
+    names: bases declare theirs in ``_dxf_retry_hook``.
+    """
+    if wrong not in vars(cls):
+        return
+    if any(vars(base).get("_dxf_retry_hook") == wrong for base in cls.__mro__):
+        return
+    warnings.warn(
+        f"{cls.__module__}.{cls.__qualname__} defines {wrong}(), which the {side} never calls: "
+        f"the {side} Extension's hook is spelt {right}()",
+        UserWarning,
+        stacklevel=3,
+    )
+
+
 __all__ = [
     "RETRY_SQL_INTERVAL",
     "RETRY_SQL_MAX_INTERVAL",
     "RETRY_SQL_TIMES",
     "ExponentialBackoff",
     "run_with_retry",
+    "warn_misspelt_retry_hook",
 ]

@@ -78,7 +78,7 @@ class DXFSettings:
     #: Add the ``dxf-scheduler`` beat entry (turn off to drive the scheduler some other way).
     beat: bool = True
     #: Seconds a cancelled subtask gets to stop cooperatively before it is interrupted.
-    cancel_grace: float = 1.0
+    cancel_grace: float = _EXECUTOR.cancel_grace
     #: An executor message not received by its node within this many seconds expires.
     launch_timeout: float = 60.0
     #: Send ``task-progress`` events from executors when the worker sends task events.

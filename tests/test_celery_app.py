@@ -13,11 +13,13 @@ from pathlib import Path
 import pytest
 from celery import Celery
 from celery_apps.harness import read_record, wait_for
-from celery_apps.types import TASK_TYPE, e2e_meta
+from celery_apps.types import TASK_TYPE, e2e_meta, executor_factory, scheduler_factory
 
 from dxf_celery import DXF, DXFConfigError, DXFSettings, TaskState
 from dxf_celery.proto import SubtaskState
+from dxf_celery.scheduler import register_scheduler_factory
 from dxf_celery.scheduler.manager import Manager as SchedulerManager
+from dxf_celery.taskexecutor import register_task_type
 from dxf_celery.worker.execution import local_executions
 from dxf_celery.worker.tasks import run_execute
 
@@ -110,6 +112,9 @@ def test_dxf_overrides_win_over_conf_and_must_agree() -> None:
 def local_dxf(tmp_path: Path) -> Iterator[DXF]:
     app = _app(dxf_database_url=f"sqlite:///{tmp_path / 'dxf.db'}", dxf_cancel_grace=0.3,
                dxf_subtask_check_interval=0.05, dxf_max_subtask_check_interval=0.1, dxf_watch_task_interval=0.1)
+    # Other modules clear the registries: register the type here, not only on import.
+    register_task_type(TASK_TYPE, executor_factory)
+    register_scheduler_factory(TASK_TYPE, scheduler_factory)
     dxf = DXF(app)
     yield dxf
     dxf.state.dispose()

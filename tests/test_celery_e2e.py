@@ -149,6 +149,24 @@ def test_cancel_stops_a_subtask_blocked_in_python(e2e: E2E, pool: str) -> None:
     assert e2e.procs.procs["w1@e2e"].alive() and e2e.procs.procs["w2@e2e"].alive()
 
 
+@pytest.mark.parametrize("pool", ["prefork", "threads"])
+def test_cancel_stops_step_code_that_swallows_exception(e2e: E2E, pool: str) -> None:
+    """``except Exception: pass`` around sleeps cannot keep a cancelled subtask running."""
+    e2e.procs.start_worker("w1@e2e", pool=pool, concurrency=3, slots=2)
+    e2e.procs.start_beat()
+    task = e2e.dxf.submit_task("swallow-me", "e2e", meta=e2e.meta(steps=1, subtasks=1, sleep=600, mode="swallow"))
+    wait_for(lambda: e2e.running_subtasks(task.id), 60, what="the subtask running")
+    wait_for(lambda: any(e.kind == "start" for e in e2e.events()), 60, what="the step code to start")
+    assert e2e.dxf.cancel_task(task.id)
+    final = e2e.dxf.wait_task(task.id, timeout=60, raise_error=False)
+    assert final.state == TaskState.REVERTED
+    wait_for(lambda: [e for e in e2e.events() if e.kind == "end"], 60, what="the step code to stop")
+    ends = [e for e in e2e.events() if e.kind == "end"]
+    assert [e.outcome for e in ends] == ["ExecutorCancelledError"]
+    assert {s.state for s in e2e.dxf.get_subtasks(task.id)} == {SubtaskState.CANCELED}
+    assert e2e.procs.procs["w1@e2e"].alive()
+
+
 @pytest.mark.parametrize("pool", POOLS)
 def test_pause_then_resume_succeeds(e2e: E2E, pool: str) -> None:
     e2e.procs.start_worker("w1@e2e", pool=pool, concurrency=3, slots=2)

@@ -7,8 +7,15 @@ import threading
 import pytest
 
 from dxf_celery.context import Context
-from dxf_celery.errors import StorageUnavailableError, TaskNotFoundError
+from dxf_celery.errors import (
+    StorageDataError,
+    StorageSchemaError,
+    StorageUnavailableError,
+    TaskNotFoundError,
+    is_transient_error,
+)
 from dxf_celery.retry import ExponentialBackoff, run_with_retry
+from dxf_celery.storage import is_transient_error as storage_is_transient_error
 
 FAST = ExponentialBackoff(0.001, 2.0, 0.004)
 
@@ -82,3 +89,22 @@ def test_custom_classifier_and_bad_arguments() -> None:
     assert run_with_retry(f, is_retryable=lambda e: isinstance(e, KeyError), backoff=FAST) == 7
     with pytest.raises(ValueError):
         run_with_retry(f, max_retry=0)
+
+
+@pytest.mark.parametrize(
+    ("err", "transient"),
+    [
+        (StorageUnavailableError("db down"), True),
+        (ConnectionResetError("reset by peer"), True),
+        (TimeoutError("slow"), True),
+        (StorageSchemaError("run the migration"), False),
+        (StorageDataError("value too long"), False),
+        (TaskNotFoundError(), False),
+        (ValueError("bug"), False),
+    ],
+)
+def test_transient_errors_are_told_from_the_dxf_errors_alone(err: BaseException, transient: bool) -> None:
+    """The core classifies what storage raises without importing storage (or a driver)."""
+    assert is_transient_error(err) is transient
+    # The storage-side classifier agrees on every error the TaskManager lets out.
+    assert storage_is_transient_error(err) is transient

@@ -23,7 +23,7 @@ from dxf_celery.context import Context
 from dxf_celery.proto import Modification, ModifyParam, SubtaskState, Task, TaskState
 from dxf_celery.storage import TaskManager
 from dxf_celery.taskexecutor import Intervals, Manager, Param, SlotManager, run_executor
-from dxf_celery.taskexecutor.launcher import ExecutorHandle
+from dxf_celery.taskexecutor.launcher import RunningExecutor
 
 
 def modify(tm: TaskManager, task_id: int, *, concurrency: int | None = None, meta: bytes | None = None) -> None:
@@ -222,7 +222,7 @@ class DetachedHandle:
 
 
 class DetachedLauncher:
-    def launch(self, ctx: Context, task: Task, param: Param) -> ExecutorHandle:
+    def launch(self, ctx: Context, task: Task, param: Param) -> RunningExecutor:
         private = SlotManager(param.node_resource.total_cpu)
         assert private.alloc(task)
         return DetachedHandle(task, dataclasses.replace(param, slot_manager=private))

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 from dxf_celery.context import Context
 from dxf_celery.proto import Modification, Task, TaskBase
+from dxf_celery.retry import warn_misspelt_retry_hook
 
 if TYPE_CHECKING:
     from dxf_celery.storage import TaskManager
@@ -51,8 +52,15 @@ class Extension(abc.ABC):
     """The scheduler-side behaviour of one task type.
 
     Only :meth:`get_next_step` and :meth:`on_next_subtasks_batch` must be written; the other
-    hooks default to doing nothing.
+    hooks default to doing nothing. Defining ``is_retryable_error`` (the executor side's
+    spelling) instead of :meth:`is_retryable_err` warns when the class is defined.
     """
+
+    _dxf_retry_hook: ClassVar[str] = "is_retryable_err"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        warn_misspelt_retry_hook(cls, right="is_retryable_err", wrong="is_retryable_error", side="scheduler")
 
     def on_tick(self, ctx: Context, task: Task) -> None:  # noqa: B027 - optional hook
         """Called on every pass while the task waits in running or reverting; keep it cheap."""

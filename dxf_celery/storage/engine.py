@@ -18,6 +18,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.pool import StaticPool
 
 from dxf_celery.errors import DXFError, StorageDataError, StorageSchemaError, StorageUnavailableError
+from dxf_celery.errors import is_transient_error as is_transient_dxf_error
 
 T = TypeVar("T")
 
@@ -145,9 +146,10 @@ _MISSING_COLUMN_MARKERS = ("no such column", "unknown column", "has no column")
 
 
 def is_transient_error(err: BaseException) -> bool:
-    """True for errors that a later retry may not meet: lost connections, deadlocks, locks."""
-    if isinstance(err, StorageUnavailableError):
-        return True
+    """:func:`dxf_celery.errors.is_transient_error`, plus raw driver errors: lost connections, deadlocks, locks.
+
+    The TaskManager never lets a raw driver error out; this is for code with its own engine.
+    """
     if isinstance(err, sa_exc.DBAPIError):
         if err.connection_invalidated:
             return True
@@ -155,7 +157,7 @@ def is_transient_error(err: BaseException) -> bool:
         if any(m in text for m in _DEADLOCK_MARKERS):
             return True
         return isinstance(err, (sa_exc.OperationalError, sa_exc.InterfaceError))
-    return isinstance(err, (ConnectionError, TimeoutError))
+    return is_transient_dxf_error(err)
 
 
 def _is_deadlock(err: sa_exc.DBAPIError) -> bool:

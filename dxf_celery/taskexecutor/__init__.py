@@ -11,9 +11,9 @@ from dxf_celery.taskexecutor.execute import (
 )
 from dxf_celery.taskexecutor.interfaces import Extension, TaskExecutor, TaskTable
 from dxf_celery.taskexecutor.launcher import (
-    ExecutorHandle,
     Launcher,
     LaunchError,
+    RunningExecutor,
     ThreadLauncher,
     build_executor,
     run_executor,
@@ -41,7 +41,6 @@ __all__ = [
     "TASK_CHECK_INTERVAL",
     "BaseStepExecutor",
     "BaseTaskExecutor",
-    "ExecutorHandle",
     "Extension",
     "FactoryFn",
     "Intervals",
@@ -50,6 +49,7 @@ __all__ = [
     "Manager",
     "NodeResource",
     "Param",
+    "RunningExecutor",
     "SlotManager",
     "StepExecFrameworkInfo",
     "StepExecutor",

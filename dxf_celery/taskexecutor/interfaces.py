@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from dxf_celery.context import Context
 from dxf_celery.proto import Subtask, SubtaskBase, SubtaskState, Task, TaskBase, TaskExecInfo, TaskState
+from dxf_celery.retry import warn_misspelt_retry_hook
 
 if TYPE_CHECKING:
     from dxf_celery.taskexecutor.execute import StepExecutor
@@ -84,7 +85,17 @@ class TaskExecutor(Protocol):
 
 
 class Extension(abc.ABC):
-    """What a task type plugs into :class:`BaseTaskExecutor`."""
+    """What a task type plugs into :class:`BaseTaskExecutor`.
+
+    Defining ``is_retryable_err`` (the scheduler side's spelling) instead of
+    :meth:`is_retryable_error` warns when the class is defined.
+    """
+
+    _dxf_retry_hook: ClassVar[str] = "is_retryable_error"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        warn_misspelt_retry_hook(cls, right="is_retryable_error", wrong="is_retryable_err", side="executor")
 
     def is_idempotent(self, subtask: Subtask) -> bool:
         """Whether a subtask found ``running`` after a crash may run again (default: never)."""

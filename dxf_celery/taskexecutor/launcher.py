@@ -1,20 +1,22 @@
 """Where a started task executor runs: a thread here, a Celery pool process in ``dxf_celery.worker``.
 
-The node Manager only talks to an :class:`ExecutorHandle`, never to the executor object, so
-the in-process path and the Celery path share every line of the Manager.
+The node Manager only talks to a :class:`RunningExecutor` (its grip on an executor started
+somewhere), never to the executor object, so the in-process path and the Celery path share
+every line of the Manager. Both build the executor with :func:`build_executor`; the Celery
+task ``dxf.execute`` runs it through :func:`run_executor`.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from typing import Protocol
 
 from dxf_celery.context import Context
-from dxf_celery.errors import DXFError, UnknownTaskTypeError
+from dxf_celery.errors import DXFError, UnknownTaskTypeError, is_transient_error
 from dxf_celery.proto import Task
 from dxf_celery.retry import run_with_retry
-from dxf_celery.storage.engine import is_transient_error
 from dxf_celery.taskexecutor.interfaces import TaskExecutor
 from dxf_celery.taskexecutor.param import Param
 from dxf_celery.taskexecutor.register import get_task_executor_factory
@@ -26,7 +28,7 @@ class LaunchError(DXFError):
     """The executor could not be started; the Manager frees its slots and retries on a later pass."""
 
 
-class ExecutorHandle(Protocol):
+class RunningExecutor(Protocol):
     """The Manager's grip on a started executor."""
 
     task_id: int
@@ -45,7 +47,7 @@ class ExecutorHandle(Protocol):
 
 
 class Launcher(Protocol):
-    def launch(self, ctx: Context, task: Task, param: Param) -> ExecutorHandle:
+    def launch(self, ctx: Context, task: Task, param: Param) -> RunningExecutor:
         """Start an executor for ``task``; raising makes the Manager free the task's slots."""
 
 
@@ -94,18 +96,27 @@ def build_executor(ctx: Context, task: Task, param: Param) -> TaskExecutor | Non
     return executor
 
 
-def run_executor(ctx: Context, task: Task, param: Param) -> None:
-    """Build, run and close an executor: the body of the Celery executor task."""
+def run_executor(
+    ctx: Context, task: Task, param: Param, *, on_built: Callable[[TaskExecutor], None] | None = None
+) -> bool:
+    """Build, run and close an executor (the body of ``dxf.execute``); False when it was not built.
+
+    ``on_built`` is called with the executor before it runs, so that cancel requests can
+    reach it while it runs.
+    """
     executor = build_executor(ctx, task, param)
     if executor is None:
-        return
+        return False
     try:
+        if on_built is not None:
+            on_built(executor)
         executor.run()
     finally:
         executor.close()
+    return True
 
 
-class ThreadExecutorHandle:
+class ThreadRunningExecutor:
     """An executor running in a daemon thread of this process."""
 
     def __init__(self, executor: TaskExecutor, task_id: int) -> None:
@@ -141,10 +152,10 @@ class ThreadExecutorHandle:
 class ThreadLauncher:
     """Default launcher: builds the executor in the caller (like DXF) and runs it in a thread."""
 
-    def launch(self, ctx: Context, task: Task, param: Param) -> ExecutorHandle:
+    def launch(self, ctx: Context, task: Task, param: Param) -> RunningExecutor:
         executor = build_executor(ctx, task, param)
         if executor is None:
             raise LaunchError(f"executor of task {task.id} ({task.type}) could not be built")
-        handle = ThreadExecutorHandle(executor, task.id)
-        handle.start()
-        return handle
+        running = ThreadRunningExecutor(executor, task.id)
+        running.start()
+        return running

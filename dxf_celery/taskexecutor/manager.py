@@ -1,7 +1,8 @@
 """The node Manager: one per worker node, it starts, preempts, pauses and reverts executors.
 
 ``handle_tasks()`` is one pass; the Celery beat tick calls it, or :meth:`Manager.start` runs
-it in a thread loop. It acts only through a :class:`Launcher` and its handles.
+it in a thread loop. It acts only through a :class:`Launcher` and the :class:`RunningExecutor`
+objects it returns.
 """
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from dxf_celery.context import Context
+from dxf_celery.errors import is_transient_error
 from dxf_celery.proto import NodeResource, TaskBase, TaskState
 from dxf_celery.retry import run_with_retry
-from dxf_celery.storage.engine import is_transient_error
 from dxf_celery.taskexecutor.interfaces import TaskTable
-from dxf_celery.taskexecutor.launcher import ExecutorHandle, Launcher, ThreadLauncher
+from dxf_celery.taskexecutor.launcher import Launcher, RunningExecutor, ThreadLauncher
 from dxf_celery.taskexecutor.param import Intervals, InvalidSettingError, Param
 from dxf_celery.taskexecutor.slots import SlotManager
 
@@ -53,7 +54,7 @@ class Manager:
         self.intervals = intervals or Intervals()
         self.launcher: Launcher = launcher or ThreadLauncher()
         self.slot_manager = SlotManager(node_resource.total_cpu)
-        self._executors: dict[int, ExecutorHandle] = {}
+        self._executors: dict[int, RunningExecutor] = {}
         self._pass_lock = threading.Lock()
         self._exec_lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -67,7 +68,7 @@ class Manager:
         with self._exec_lock:
             return list(self._executors)
 
-    def executor_handle(self, task_id: int) -> ExecutorHandle | None:
+    def running_executor(self, task_id: int) -> RunningExecutor | None:
         with self._exec_lock:
             return self._executors.get(task_id)
 
@@ -122,16 +123,16 @@ class Manager:
             candidates: list[TaskBase] = []
             for info in infos:
                 task = info.task
-                handle = self.executor_handle(task.id)
+                running = self.running_executor(task.id)
                 if task.state == TaskState.RUNNING:
-                    if handle is None:
+                    if running is None:
                         candidates.append(task)
                     else:
-                        self._reconcile(task, handle)
+                        self._reconcile(task, running)
                 elif task.state == TaskState.PAUSING:
-                    self._handle_pausing(task, handle)
+                    self._handle_pausing(task, running)
                 elif task.state == TaskState.REVERTING:
-                    self._handle_reverting(task, handle)
+                    self._handle_reverting(task, running)
             self._handle_executable(candidates)
         finally:
             self._pass_lock.release()
@@ -140,16 +141,16 @@ class Manager:
         """Free the slots of executors whose ``run()`` returned."""
         with self._exec_lock:
             finished = [h for h in self._executors.values() if h.done()]
-            for handle in finished:
-                del self._executors[handle.task_id]
-        for handle in finished:
-            self.slot_manager.free(handle.task_id)
+            for running in finished:
+                del self._executors[running.task_id]
+        for running in finished:
+            self.slot_manager.free(running.task_id)
             try:
-                handle.close()
+                running.close()
             except Exception:
-                logger.exception("%s: closing executor of task %d failed", self.exec_id, handle.task_id)
+                logger.exception("%s: closing executor of task %d failed", self.exec_id, running.task_id)
 
-    def _reconcile(self, task: TaskBase, handle: ExecutorHandle) -> None:
+    def _reconcile(self, task: TaskBase, running: RunningExecutor) -> None:
         """Keep the node's budget equal to the task's concurrency when the executor runs elsewhere."""
         held = self.slot_manager.slots_of(task.id)
         if held is None or held == task.concurrency:
@@ -163,19 +164,19 @@ class Manager:
         if not self.slot_manager.exchange(fresh):
             logger.info("%s: no room for task %d to grow to %d slots; stopping its executor",
                         self.exec_id, task.id, fresh.concurrency)
-            handle.cancel()
+            running.cancel()
 
-    def _handle_pausing(self, task: TaskBase, handle: ExecutorHandle | None) -> None:
-        if handle is not None:
-            handle.cancel()
+    def _handle_pausing(self, task: TaskBase, running: RunningExecutor | None) -> None:
+        if running is not None:
+            running.cancel()
         try:
             self.task_table.pause_subtasks(self.exec_id, task.id)
         except Exception as err:
             logger.warning("%s: cannot pause subtasks of task %d: %s", self.exec_id, task.id, err)
 
-    def _handle_reverting(self, task: TaskBase, handle: ExecutorHandle | None) -> None:
-        if handle is not None:
-            handle.cancel_running_subtask()
+    def _handle_reverting(self, task: TaskBase, running: RunningExecutor | None) -> None:
+        if running is not None:
+            running.cancel_running_subtask()
         try:
             self.task_table.cancel_subtask(self.exec_id, task.id)
         except Exception as err:
@@ -188,10 +189,10 @@ class Manager:
             fits, victims = self.slot_manager.can_alloc(task)
             if victims:
                 for victim in victims:
-                    handle = self.executor_handle(victim.id)
-                    if handle is not None:
+                    running = self.running_executor(victim.id)
+                    if running is not None:
                         logger.info("%s: task %d preempts task %d", self.exec_id, task.id, victim.id)
-                        handle.cancel()
+                        running.cancel()
                 return  # keep rank order: nothing else starts before the preempting task
             if not fits:
                 continue  # a smaller, lower-ranked task may still fit (backfilling)
@@ -208,15 +209,15 @@ class Manager:
             return False
         param = Param(self.task_table, self.slot_manager, self.node_resource, self.exec_id, self.intervals)
         try:
-            handle = self.launcher.launch(self.ctx, task, param)
+            running = self.launcher.launch(self.ctx, task, param)
         except Exception as err:
             logger.info("%s: executor of task %d not started: %s", self.exec_id, task.id, err)
             self.slot_manager.free(task.id)
             return False
         with self._exec_lock:
-            self._executors[task.id] = handle
+            self._executors[task.id] = running
         if self.ctx.done():
-            handle.cancel()  # cancel() ran while we were launching: it did not see this handle
+            running.cancel()  # cancel() ran while we were launching: it did not see this executor
         return True
 
     # ------------------------------------------------------------------ lifecycle
@@ -241,12 +242,12 @@ class Manager:
         """Cancel every executor (rows untouched) and the manager's loop."""
         self.ctx.cancel()
         with self._exec_lock:
-            handles = list(self._executors.values())
-        for handle in handles:
+            runnings = list(self._executors.values())
+        for running in runnings:
             try:
-                handle.cancel()
+                running.cancel()
             except Exception:
-                logger.exception("%s: cancelling executor of task %d failed", self.exec_id, handle.task_id)
+                logger.exception("%s: cancelling executor of task %d failed", self.exec_id, running.task_id)
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
         """Cancel, wait (bounded) for executors to finish, free their slots, stop the loop."""

@@ -41,6 +41,8 @@ class Intervals:
     detect_modify: float = 5.0
     watch_task: float = 0.3
     heartbeat: float = 1.0
+    #: Seconds a subtask whose Context was cancelled gets to return before it is interrupted.
+    cancel_grace: float = 1.0
     recover_meta: float = 90.0
     sql_retry_times: int = RETRY_SQL_TIMES
     sql_retry_base: float = RETRY_SQL_INTERVAL
@@ -48,7 +50,8 @@ class Intervals:
 
     def __post_init__(self) -> None:
         for name in ("task_check", "subtask_check", "max_subtask_check", "check_balance", "update_summary",
-                     "detect_modify", "watch_task", "heartbeat", "recover_meta", "sql_retry_base", "sql_retry_max"):
+                     "detect_modify", "watch_task", "heartbeat", "cancel_grace", "recover_meta", "sql_retry_base",
+                     "sql_retry_max"):
             if getattr(self, name) <= 0:
                 raise InvalidSettingError(f"Intervals.{name} must be > 0 seconds, got {getattr(self, name)!r}")
         if self.max_idle_polls < 1 or self.sql_retry_times < 1:
@@ -67,6 +70,7 @@ class Intervals:
             detect_modify=0.05,
             watch_task=0.02,
             heartbeat=0.1,
+            cancel_grace=0.2,
             recover_meta=0.5,
             sql_retry_times=5,
             sql_retry_base=0.05,

@@ -19,19 +19,20 @@ class SlotManager:
     task can name the lowest-ranked executors it would need to preempt.
     """
 
-    def __init__(self, capacity: int) -> None:
-        if capacity < 1:
+    def __init__(self, total_slots: int) -> None:
+        if total_slots < 1:
             raise InvalidSlotCountError(
-                f"slot capacity must be >= 1 (the node's CPU slots, dxf_node_slots), got {capacity}"
+                f"slot capacity must be >= 1 (the node's slots, dxf_node_slots), got {total_slots}"
             )
-        self._capacity = capacity
-        self._available = capacity
+        self._total = total_slots
+        self._available = total_slots
         self._tasks: dict[int, TaskBase] = {}
         self._lock = threading.Lock()
 
     @property
-    def capacity(self) -> int:
-        return self._capacity
+    def total_slots(self) -> int:
+        """The node's slots (``NodeResource.total_cpu``)."""
+        return self._total
 
     def available_slots(self) -> int:
         with self._lock:
@@ -39,7 +40,7 @@ class SlotManager:
 
     def used_slots(self) -> int:
         with self._lock:
-            return self._capacity - self._available
+            return self._total - self._available
 
     def slots_of(self, task_id: int) -> int | None:
         """Slots held by ``task_id``, or None when it holds none."""
@@ -93,7 +94,7 @@ class SlotManager:
     def exchange(self, task: TaskBase) -> bool:
         """Change the slots held by ``task.id`` to ``task.concurrency`` (a live concurrency change).
 
-        Fails when the task holds no slots or growing would exceed the capacity.
+        Fails when the task holds no slots or growing would exceed the node's slots.
         """
         with self._lock:
             held = self._tasks.get(task.id)

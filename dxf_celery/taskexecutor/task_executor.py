@@ -7,6 +7,9 @@ Context tree (cancelling a level cancels everything below it)::
         └── step ctx        cancel_running_subtask(): cause CancelSubtaskError - row ends canceled
             └── subtask ctx cancelled when the subtask was moved to another node - row untouched
                 └── check ctx   stops the watcher thread when the subtask returns
+
+Cancelling is cooperative; step code still running ``cancel_grace`` seconds after its
+subtask ctx was cancelled is interrupted by the watcher (:mod:`.interrupt`).
 """
 
 from __future__ import annotations
@@ -22,16 +25,21 @@ from dxf_celery.context import Context
 from dxf_celery.errors import (
     CancelSubtaskError,
     DXFError,
+    ExecutorCancelledError,
     NonIdempotentSubtaskError,
     SubtaskNotFoundError,
     TaskNotFoundError,
+    is_transient_error,
 )
 from dxf_celery.proto import Subtask, SubtaskState, Task, TaskBase, TaskState
 from dxf_celery.retry import run_with_retry
-from dxf_celery.storage.engine import is_transient_error
+from dxf_celery.taskexecutor import interrupt
 from dxf_celery.taskexecutor.execute import StepExecFrameworkInfo, StepExecutor
 from dxf_celery.taskexecutor.interfaces import Extension
+from dxf_celery.taskexecutor.ownership import SubtaskMovedAwayError, check_ownership
 from dxf_celery.taskexecutor.param import Param
+
+__all__ = ["BaseTaskExecutor", "SubtaskMovedAwayError", "TaskExecutorStoppedError"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,13 +47,6 @@ T = TypeVar("T")
 
 _RUNNABLE = (TaskState.RUNNING, TaskState.MODIFYING)
 _REVERT_STATES = (TaskState.REVERTING, TaskState.CANCELLING)
-
-
-class SubtaskMovedAwayError(DXFError):
-    """Cancel cause of a subtask whose row now belongs to another node: its row is left alone."""
-
-    def __init__(self, message: str = "subtask was scheduled away from this node") -> None:
-        super().__init__(message)
 
 
 class TaskExecutorStoppedError(DXFError):
@@ -129,6 +130,10 @@ class BaseTaskExecutor:
     def run(self) -> None:
         try:
             self._run_loop()
+        except ExecutorCancelledError as err:
+            # A forced interruption that landed just as the step code returned: the executor
+            # was cancelled anyway, so it stops; the subtask row is left for the scheduler.
+            logger.info("task %d on %s: executor interrupted: %s", self._task_id, self._exec_id, err)
         except Exception as err:
             # DXF recovers a panic in Run by failing one subtask with its text.
             logger.exception("task %d on %s: executor loop crashed", self._task_id, self._exec_id)
@@ -280,19 +285,26 @@ class BaseTaskExecutor:
             step_exec.reset_summary()
         except Exception:
             logger.exception("task %d: reset_summary failed", self._task_id)
+        returned = threading.Event()
         watcher = threading.Thread(
             target=self._watch_subtask,
-            args=(step_exec, subtask, subtask_ctx, check_ctx),
+            args=(step_exec, subtask, subtask_ctx, check_ctx, threading.get_ident(), returned),
             name=f"dxf-watch-{self._task_id}-{subtask.id}",
             daemon=True,
         )
         watcher.start()
         error: BaseException | None = None
         try:
-            step_exec.run_subtask(subtask_ctx, subtask)
+            with interrupt.step_code(subtask.id):
+                step_exec.run_subtask(subtask_ctx, subtask)
+        except ExecutorCancelledError as err:
+            # Forced by the watcher: only ever raised after subtask_ctx was cancelled.
+            error = err
         except Exception as err:
             error = err
         finally:
+            interrupt.leave_step_code()
+            returned.set()
             check_ctx.cancel()
             watcher.join()
         self._persist_summary(step_exec, subtask.id, final=True)
@@ -331,9 +343,32 @@ class BaseTaskExecutor:
     # ------------------------------------------------------------------ watcher thread
 
     def _watch_subtask(
+        self, step_exec: StepExecutor, subtask: Subtask, subtask_ctx: Context, check_ctx: Context,
+        runner: int, returned: threading.Event,
+    ) -> None:
+        """One thread per running subtask: the periodic checks, then the cancel deadline if it was cancelled."""
+        self._run_checks(step_exec, subtask, subtask_ctx, check_ctx)
+        if subtask_ctx.done() and not returned.is_set():
+            self._enforce_cancel(subtask, subtask_ctx, runner, returned)
+
+    def _enforce_cancel(self, subtask: Subtask, subtask_ctx: Context, runner: int, returned: threading.Event) -> None:
+        """Interrupt step code that keeps running ``cancel_grace`` seconds after its Context was cancelled.
+
+        Repeated every grace period while the step code still runs (it may catch the
+        exception by name); :mod:`~dxf_celery.taskexecutor.interrupt` never raises once the
+        step code has returned.
+        """
+        grace = self.param.intervals.cancel_grace
+        while not returned.wait(grace):
+            if not interrupt.interrupt(runner, subtask.id):
+                return
+            logger.warning("task %d: subtask %d ignored its cancellation (%s) for %.1fs; interrupting it",
+                           self._task_id, subtask.id, subtask_ctx.cause, grace)
+
+    def _run_checks(
         self, step_exec: StepExecutor, subtask: Subtask, subtask_ctx: Context, check_ctx: Context
     ) -> None:
-        """One thread per running subtask: task state, balance, summary and live modification checks."""
+        """Task state, balance, summary and live modification checks until ``check_ctx`` is cancelled."""
         iv = self.param.intervals
         now = time.monotonic()
         due = {
@@ -394,38 +429,7 @@ class BaseTaskExecutor:
         return True
 
     def _check_balance(self, current: Subtask, subtask_ctx: Context) -> bool:
-        table = self.param.task_table
-        try:
-            running = table.get_subtasks_by_exec_id_and_step_and_states(
-                self._exec_id, self._task_id, current.step, SubtaskState.RUNNING
-            )
-        except Exception as err:
-            logger.debug("task %d: balance check cannot read subtasks: %s", self._task_id, err)
-            return True
-        if not any(s.id == current.id for s in running):
-            logger.info("task %d: subtask %d is no longer running here; stopping it", self._task_id, current.id)
-            subtask_ctx.cancel(SubtaskMovedAwayError())
-            return False
-        back_to_pending = []
-        for other in running:
-            if other.id == current.id:
-                continue
-            if not self.extension.is_idempotent(other):
-                try:
-                    table.update_subtask_state_and_error(
-                        self._exec_id, other.id, SubtaskState.FAILED, NonIdempotentSubtaskError()
-                    )
-                except Exception as err:
-                    logger.warning("task %d: cannot fail leftover subtask %d: %s", self._task_id, other.id, err)
-                    return True
-                return True
-            back_to_pending.append(other)
-        if back_to_pending:
-            try:
-                table.running_subtasks_back_to_pending(back_to_pending)
-            except Exception as err:
-                logger.warning("task %d: cannot return leftover subtasks to pending: %s", self._task_id, err)
-        return True
+        return check_ownership(self.param.task_table, self.extension, self._exec_id, current, subtask_ctx)
 
     def _persist_summary(self, step_exec: StepExecutor, subtask_id: int, *, final: bool) -> bool:
         try:

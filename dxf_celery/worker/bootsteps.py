@@ -11,7 +11,8 @@ from typing import Any
 from celery import bootsteps
 from kombu import Consumer, Exchange, Queue
 
-from dxf_celery.worker.node import NodeRuntime, find_runtime
+from dxf_celery.worker.node import NodeRuntime, find_runtime, pool_kind
+from dxf_celery.worker.state import ensure_migrated, get_state
 
 logger = logging.getLogger(__name__)
 
@@ -28,8 +29,6 @@ class DXFNodeStep(bootsteps.StartStopStep):  # type: ignore[misc]
     requires = ("celery.worker.components:Pool",)
 
     def __init__(self, worker: Any, **kwargs: Any) -> None:
-        from dxf_celery.app import ensure_migrated, get_state
-
         super().__init__(worker, **kwargs)
         state = get_state(worker.app)
         state.main_pid = os.getpid()
@@ -46,8 +45,6 @@ class DXFNodeStep(bootsteps.StartStopStep):  # type: ignore[misc]
 
     @staticmethod
     def _check_pool(worker: Any, slots: int) -> None:
-        from dxf_celery.worker.node import pool_kind
-
         kind = pool_kind(worker)
         concurrency = 1 if kind == "solo" else int(getattr(worker, "concurrency", 0) or 0)
         if concurrency and concurrency < slots:
@@ -85,8 +82,6 @@ class DXFSchedulerTicks(bootsteps.ConsumerStep):  # type: ignore[misc]
         self.c = c
 
     def get_consumers(self, channel: Any) -> list[Consumer]:
-        from dxf_celery.app import get_state
-
         queue = get_state(self.c.app).settings.scheduler_queue
         return [Consumer(channel, queues=[direct_queue(queue)], callbacks=[self.on_message], accept=["json"])]
 

@@ -28,13 +28,13 @@ def dxf_cancel(state: Any, task_id: int, subtask_only: bool = False) -> dict[str
     runtime = _runtime(state)
     if runtime is None:
         return {"error": "no DXF node on this worker"}
-    handle = runtime.manager.executor_handle(int(task_id))
-    if handle is None:
+    running = runtime.manager.running_executor(int(task_id))
+    if running is None:
         return {"ok": f"no executor of task {task_id} here"}
     if subtask_only:
-        handle.cancel_running_subtask()
+        running.cancel_running_subtask()
     else:
-        handle.cancel()
+        running.cancel()
     return {"ok": f"cancel sent to the executor of task {task_id}"}
 
 

@@ -1,7 +1,7 @@
 """The node Manager's launcher under Celery: each executor is a ``dxf.execute`` task on the node's queue.
 
 Runs in the worker main process. :class:`CeleryLauncher` publishes the executor message to
-the queue only this node consumes; :class:`CeleryExecutorHandle` is the Manager's grip on it:
+the queue only this node consumes; :class:`CeleryRunningExecutor` is the Manager's grip on it:
 
 * ``done()`` becomes true when the worker reports the request finished (success, error,
   revoked, or the pool process died: :class:`LaunchTracker` is fed by the request class of
@@ -28,13 +28,13 @@ from dxf_celery.context import Context
 from dxf_celery.proto import Task
 from dxf_celery.taskexecutor.param import Param
 from dxf_celery.worker.execution import local_executions
+from dxf_celery.worker.names import EXECUTE_TASK
 
 if TYPE_CHECKING:
     from celery import Celery
 
 logger = logging.getLogger(__name__)
 
-EXECUTE_TASK = "dxf.execute"
 #: Extra seconds past ``launch_timeout`` before an unreceived launch counts as gone.
 RECEIVE_GRACE = 5.0
 
@@ -118,7 +118,7 @@ class LaunchTracker:
 tracker = LaunchTracker()
 
 
-class CeleryExecutorHandle:
+class CeleryRunningExecutor:
     """The Manager's grip on one ``dxf.execute`` request."""
 
     def __init__(self, launcher: CeleryLauncher, task_id: int, celery_id: str) -> None:
@@ -150,7 +150,7 @@ class CeleryExecutorHandle:
         tracker.forget(self.celery_id)
 
     def __repr__(self) -> str:
-        return f"<CeleryExecutorHandle task={self.task_id} celery_id={self.celery_id}>"
+        return f"<CeleryRunningExecutor task={self.task_id} celery_id={self.celery_id}>"
 
 
 class CeleryLauncher:
@@ -175,7 +175,7 @@ class CeleryLauncher:
         self._events_enabled = events_enabled
         self.incarnation = incarnation
 
-    def launch(self, ctx: Context, task: Task, param: Param) -> CeleryExecutorHandle:
+    def launch(self, ctx: Context, task: Task, param: Param) -> CeleryRunningExecutor:
         celery_id = uuid.uuid4().hex
         events = bool(self._events_enabled()) if self._events_enabled is not None else False
         tracker.add(celery_id, task.id, self.launch_timeout)
@@ -202,7 +202,7 @@ class CeleryLauncher:
             tracker.forget(celery_id)
             raise
         logger.debug("%s: launched executor of task %d as %s", self.nodename, task.id, celery_id)
-        return CeleryExecutorHandle(self, task.id, celery_id)
+        return CeleryRunningExecutor(self, task.id, celery_id)
 
     def cancel_execution(self, celery_id: str, *, subtask_only: bool) -> None:
         """Deliver a cancel to wherever the request is: in-process, a pool child, or still queued."""

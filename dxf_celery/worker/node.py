@@ -28,7 +28,7 @@ from dxf_celery.proto import NodeResource
 from dxf_celery.worker.launcher import CeleryLauncher
 
 if TYPE_CHECKING:
-    from dxf_celery.app import DXFState
+    from dxf_celery.worker.state import DXFState
 
 logger = logging.getLogger(__name__)
 

@@ -10,11 +10,11 @@ from dxf_celery.worker.launcher import tracker
 
 
 class ExecuteRequest(Request):  # type: ignore[misc]
-    """Records the accepted request (worker main process) so the handle can watch it finish.
+    """Records the accepted request (worker main process) so its ``CeleryRunningExecutor`` can watch it finish.
 
     ``on_accepted`` is the one completion-path hook that Celery's per-task request subclass
     does not override; after it, the request stays in ``worker.state.active_requests``
-    until it finished in any way, which is what ``CeleryExecutorHandle.done()`` checks.
+    until it finished in any way, which is what ``CeleryRunningExecutor.done()`` checks.
     """
 
     def on_accepted(self, pid: Any, time_accepted: Any) -> None:

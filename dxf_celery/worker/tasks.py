@@ -18,23 +18,21 @@ from typing import TYPE_CHECKING, Any
 from celery.exceptions import SoftTimeLimitExceeded
 
 from dxf_celery.context import Context
-from dxf_celery.errors import TaskNotFoundError
+from dxf_celery.errors import ExecutorCancelledError, TaskNotFoundError
 from dxf_celery.proto import NodeResource, TaskState
-from dxf_celery.taskexecutor.launcher import build_executor
+from dxf_celery.taskexecutor.launcher import run_executor
 from dxf_celery.taskexecutor.param import Param
 from dxf_celery.taskexecutor.slots import SlotManager
 from dxf_celery.worker.events import ProgressReporter
-from dxf_celery.worker.execution import ExecutionControl, ExecutorCancelledError, local_executions
-from dxf_celery.worker.launcher import EXECUTE_TASK
+from dxf_celery.worker.execution import ExecutionControl, local_executions
+from dxf_celery.worker.names import EXECUTE_TASK, SCHEDULE_TASK
 
 if TYPE_CHECKING:
     from celery import Celery
 
-    from dxf_celery.app import DXFState
+    from dxf_celery.worker.state import DXFState
 
 logger = logging.getLogger(__name__)
-
-SCHEDULE_TASK = "dxf.schedule"
 
 
 def run_execute(
@@ -66,7 +64,7 @@ def run_execute(
     def read_state() -> TaskState:
         return tm.get_task_base_by_id(task_id).state
 
-    control = ExecutionControl(task_id, grace=settings.cancel_grace, read_state=read_state, use_signal=use_signal)
+    control = ExecutionControl(task_id, read_state=read_state, use_signal=use_signal)
     ctx = Context.background()
     reporter: ProgressReporter | None = None
     with control:
@@ -80,14 +78,8 @@ def run_execute(
             if events and settings.progress_events:
                 reporter = ProgressReporter(state.app, tm, celery_id=celery_id, hostname=hostname,
                                             task_id=task_id, interval=settings.progress_event_interval).start()
-            executor = build_executor(ctx, task, param)
-            if executor is None:
+            if not run_executor(ctx, task, param, on_built=control.attach):
                 return {"task": task_id, "step": task.step, "skipped": "executor not built"}
-            control.attach(executor)
-            try:
-                executor.run()
-            finally:
-                executor.close()
         except (ExecutorCancelledError, SoftTimeLimitExceeded) as err:
             # A forced interruption that landed outside step code: the executor already stopped.
             logger.info("task %d: executor interrupted: %s", task_id, err)

@@ -11,14 +11,15 @@ from celery import signals
 from dxf_celery import observability
 from dxf_celery.worker import control as _control  # noqa: F401  (registers the commands)
 from dxf_celery.worker.bootsteps import DXFNodeStep, DXFSchedulerTicks
-from dxf_celery.worker.launcher import EXECUTE_TASK, tracker
+from dxf_celery.worker.launcher import tracker
+from dxf_celery.worker.names import EXECUTE_TASK, SCHEDULE_TASK
 from dxf_celery.worker.node import find_runtime, runtimes
-from dxf_celery.worker.tasks import SCHEDULE_TASK, register_tasks
+from dxf_celery.worker.tasks import register_tasks
 
 if TYPE_CHECKING:
     from celery import Celery
 
-    from dxf_celery.app import DXFState
+    from dxf_celery.worker.state import DXFState
 
 logger = logging.getLogger(__name__)
 

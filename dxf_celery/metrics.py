@@ -27,8 +27,8 @@ from dxf_celery.storage import TaskManager, utcnow
 from dxf_celery.storage import dashboard_reads as reads
 
 if TYPE_CHECKING:
-    from dxf_celery.app import DXFState
     from dxf_celery.worker.node import NodeRuntime
+    from dxf_celery.worker.state import DXFState
 
 logger = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ from storage_helpers import force_subtask, running_task
 from dxf_celery.dashboard.command import dashboard, main
 from dxf_celery.dashboard.server import check_bind, is_loopback
 from dxf_celery.proto import SubtaskState, TaskState
-from dxf_celery.quiet_logs import BEAT_LOGGER, TickToDebug
-from dxf_celery.quiet_logs import install as install_quiet_logs
 from dxf_celery.storage import TaskManager
+from dxf_celery.worker.quiet_logs import BEAT_LOGGER, TickToDebug
+from dxf_celery.worker.quiet_logs import install as install_quiet_logs
 
 
 def _two_node_task(tm: TaskManager, key: str = "big") -> int:

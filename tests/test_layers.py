@@ -24,6 +24,7 @@ MAX_MODULE_LINES = 500
 #: same layer or a lower one.
 LAYERS: dict[str, int] = {
     "proto": 0,
+    "transitions": 0,
     "errors": 0,
     "context": 0,
     "retry": 1,
@@ -31,21 +32,27 @@ LAYERS: dict[str, int] = {
     "taskexecutor": 2,
     "scheduler": 3,
     "handle": 4,
+    "client": 4,
     "testing": 4,
     "settings": 5,
     "worker": 6,
+    "metrics": 6,
     "app": 7,
     "cli": 8,
     "contrib": 8,
     "examples": 8,
+    "dashboard": 8,
     "demo_app": 8,
     "demo": 9,
 }
 #: The DXF core: runs without Celery, so it never imports Celery, kombu, or the layers that do.
-CORE = ("proto", "errors", "context", "retry", "storage", "taskexecutor", "scheduler", "handle", "testing")
+CORE = (
+    "proto", "transitions", "errors", "context", "retry", "storage", "taskexecutor", "scheduler", "handle", "client",
+    "testing",
+)
 CELERY_SIDE = ("app", "worker", "cli", "contrib", "settings")
 #: Parts that must import without a database driver (``import dxf_celery`` to read a state).
-NO_SQLALCHEMY = ("proto", "errors", "context", "retry", "taskexecutor")
+NO_SQLALCHEMY = ("proto", "transitions", "errors", "context", "retry", "taskexecutor")
 
 
 def _module_files() -> dict[str, Path]:

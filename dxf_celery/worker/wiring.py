@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 from celery import signals
 
-from dxf_celery import observability
 from dxf_celery.worker import control as _control  # noqa: F401  (registers the commands)
+from dxf_celery.worker import observability
 from dxf_celery.worker.bootsteps import DXFNodeStep, DXFSchedulerTicks
 from dxf_celery.worker.launcher import tracker
 from dxf_celery.worker.names import EXECUTE_TASK, SCHEDULE_TASK

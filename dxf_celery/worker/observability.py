@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING, Any
 
 from celery import signals
 
-from dxf_celery import quiet_logs
+from dxf_celery.worker import quiet_logs
 
 if TYPE_CHECKING:
     from celery import Celery
 
-    from dxf_celery.app import DXFState
+    from dxf_celery.worker.state import DXFState
 
 logger = logging.getLogger(__name__)
 
@@ -38,8 +38,8 @@ def install(app: Celery, state: DXFState, beat_entry: str) -> None:
 
 
 def _on_worker_ready(sender: Any = None, **_: Any) -> None:
-    from dxf_celery.app import get_state
     from dxf_celery.worker.node import find_runtime
+    from dxf_celery.worker.state import get_state
 
     app = getattr(sender, "app", None)
     hostname = getattr(sender, "hostname", None)

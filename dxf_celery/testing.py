@@ -21,12 +21,13 @@ must register the task types, since any of the schedulers may plan any task).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import logging
 import threading
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from types import TracebackType
 
@@ -235,4 +236,20 @@ class LocalCluster(TaskClient):
         return min(self.check_interval, handle.WAIT_POLL_INTERVAL)
 
 
-__all__ = ["LocalCluster"]
+@contextlib.contextmanager
+def preserved_registrations() -> Iterator[None]:
+    """Undo, on exit, every task-type registration (or clear) made inside the block.
+
+    Registrations are process-global, so a test that registers a type, or clears them all,
+    would otherwise change what later tests in the same process can run.
+    """
+    executors = taskexecutor.snapshot_task_executors()
+    schedulers = scheduler.snapshot_scheduler_factories()
+    try:
+        yield
+    finally:
+        taskexecutor.restore_task_executors(executors)
+        scheduler.restore_scheduler_factories(schedulers)
+
+
+__all__ = ["LocalCluster", "preserved_registrations"]

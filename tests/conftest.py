@@ -17,6 +17,7 @@ from test_taskexecutor_support import Cluster, cluster_fixture, param_factory_fi
 from dxf_celery.storage import TaskManager, migrate
 from dxf_celery.storage.tables import metadata
 from dxf_celery.taskexecutor import Param
+from dxf_celery.testing import preserved_registrations
 
 PG_ADMIN_URL = os.environ.get("DXF_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 MYSQL_ADMIN_URL = os.environ.get("DXF_TEST_MYSQL_ADMIN_URL", "mysql+pymysql://root@127.0.0.1:3306/test")
@@ -80,6 +81,13 @@ def make_db_url(kind: str, tmp_path: Path) -> str:
     url = _prepare_server_db(kind)
     clean_tables(url)
     return url
+
+
+@pytest.fixture(autouse=True)
+def _task_types_restored() -> Iterator[None]:
+    """Each test leaves the process's task-type registrations as it found them."""
+    with preserved_registrations():
+        yield
 
 
 @pytest.fixture(params=[d for d in ALL_DATABASES if d in SELECTED])

@@ -21,6 +21,8 @@ from dxf_celery.scheduler.register import (
     get_scheduler_factory,
     register_cleanup_routine,
     register_scheduler_factory,
+    restore_scheduler_factories,
+    snapshot_scheduler_factories,
 )
 from dxf_celery.scheduler.slots import SlotManager
 
@@ -51,4 +53,6 @@ __all__ = [
     "get_scheduler_factory",
     "register_cleanup_routine",
     "register_scheduler_factory",
+    "restore_scheduler_factories",
+    "snapshot_scheduler_factories",
 ]

@@ -52,6 +52,26 @@ def get_cleanup_routine_factory(task_type: str) -> CleanUpFactory | None:
         return _cleanups.get(task_type)
 
 
+#: Both registries of a process, as :func:`snapshot_scheduler_factories` returns them.
+SchedulerRegistrations: TypeAlias = tuple[dict[str, SchedulerFactory], dict[str, CleanUpFactory]]
+
+
+def snapshot_scheduler_factories() -> SchedulerRegistrations:
+    """A copy of every scheduler factory and cleanup routine, for restoring later (tests)."""
+    with _lock:
+        return dict(_schedulers), dict(_cleanups)
+
+
+def restore_scheduler_factories(snapshot: SchedulerRegistrations) -> None:
+    """Make both registries exactly ``snapshot`` again (tests that register or clear types)."""
+    schedulers, cleanups = snapshot
+    with _lock:
+        _schedulers.clear()
+        _schedulers.update(schedulers)
+        _cleanups.clear()
+        _cleanups.update(cleanups)
+
+
 def clear_scheduler_factories() -> None:
     """Forget every registered scheduler factory and cleanup routine (for tests)."""
     with _lock:

@@ -31,6 +31,8 @@ from dxf_celery.taskexecutor.register import (
     clear_task_executors,
     get_task_executor_factory,
     register_task_type,
+    restore_task_executors,
+    snapshot_task_executors,
 )
 from dxf_celery.taskexecutor.slots import SlotManager
 from dxf_celery.taskexecutor.task_executor import BaseTaskExecutor, SubtaskMovedAwayError
@@ -62,5 +64,7 @@ __all__ = [
     "clear_task_executors",
     "get_task_executor_factory",
     "register_task_type",
+    "restore_task_executors",
     "run_executor",
+    "snapshot_task_executors",
 ]

@@ -36,6 +36,19 @@ def get_task_executor_factory(task_type: str) -> FactoryFn | None:
         return _factories.get(task_type)
 
 
+def snapshot_task_executors() -> dict[str, FactoryFn]:
+    """A copy of every registration, for :func:`restore_task_executors` (tests)."""
+    with _lock:
+        return dict(_factories)
+
+
+def restore_task_executors(snapshot: dict[str, FactoryFn]) -> None:
+    """Make the registry exactly ``snapshot`` again (tests that register or clear types)."""
+    with _lock:
+        _factories.clear()
+        _factories.update(snapshot)
+
+
 def clear_task_executors() -> None:
     """Forget every registered type (tests)."""
     with _lock:

@@ -1,0 +1,77 @@
+"""DXF follows Django's test database: a test that submits never writes to the real tables.
+
+Django's test runner (and pytest-django, which uses the same machinery) renames
+``DATABASES[alias]["NAME"]`` to ``test_<name>`` and reconnects. When DXF's database *is* that
+alias's database (the URL came from :func:`database_url`), the ``connection_created`` handler
+below points the project's DXF at the new name before anything is written: the current
+TaskManager is disposed and the next one opens on the test database. A DXF configured with a
+database of its own is left alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+from dxf_celery.app import DXF
+from dxf_celery.contrib.django.conf import database_key, get_dxf, settings_dict_url
+from dxf_celery.settings import DXFConfigError
+
+logger = logging.getLogger(__name__)
+
+#: ``alias -> database key`` of each ``DATABASES`` entry as settings.py wrote it (before any test run).
+_origins: dict[str, tuple[str, str, int | None, str] | None] = {}
+
+
+def record_origins() -> None:
+    """Remember where every alias pointed when Django started (called from ``AppConfig.ready``)."""
+    from django.conf import settings
+
+    for alias, entry in settings.DATABASES.items():
+        url = settings_dict_url(entry)
+        _origins[alias] = database_key(url) if url else None
+
+
+def retarget(dxf: DXF, url: str) -> None:
+    """Point ``dxf`` at the database ``url`` from now on (this process only).
+
+    Hook for the lead: this reaches into ``DXFState`` (``_settings``); a public
+    ``DXFState.retarget(database_url)`` would replace these lines.
+    """
+    state = dxf.state
+    if state.settings.database_url == url:
+        return
+    state.dispose()
+    state._settings = dataclasses.replace(state.settings, database_url=url)
+
+
+def follow_connection(connection: Any) -> None:
+    """If DXF uses ``connection``'s alias as configured in settings, follow it to where it points now."""
+    origin = _origins.get(connection.alias)
+    if origin is None:
+        return
+    now_url = settings_dict_url(connection.settings_dict)
+    if now_url is None:
+        logger.warning(
+            "DATABASES[%r] now points at a database DXF cannot share with workers (an in-memory SQLite "
+            "test database?); set DATABASES[%r]['TEST']['NAME'] to a file so DXF can follow it",
+            connection.alias, connection.alias,
+        )
+        return
+    if database_key(now_url) == origin:
+        return
+    try:
+        dxf = get_dxf()
+    except DXFConfigError:
+        return  # no Celery app with DXF in this process: nothing to retarget
+    current = database_key(dxf.settings.database_url)
+    if current == origin:
+        logger.info("dxf follows DATABASES[%r] to its test database %s", connection.alias,
+                    connection.settings_dict.get("NAME"))
+        retarget(dxf, now_url)
+
+
+def on_connection_created(sender: Any, connection: Any, **kwargs: Any) -> None:
+    """The ``connection_created`` receiver installed by :class:`DXFConfig`."""
+    follow_connection(connection)

@@ -117,4 +117,4 @@ class Node(models.Model):  # type: ignore[misc]
         verbose_name = "node"
 
     def __str__(self) -> str:
-        return self.host
+        return str(self.host)

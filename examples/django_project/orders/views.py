@@ -29,7 +29,8 @@ def create_order(request: HttpRequest) -> JsonResponse:
     try:
         with transaction.atomic():
             Order.objects.create(key=key, items=items)
-            task = submit_task(key, ORDER_REPORT, meta=noop.noop_meta(subtasks=items, sleep=float(body.get("sleep", 0))))
+            meta = noop.noop_meta(subtasks=items, sleep=float(body.get("sleep", 0)))
+            task = submit_task(key, ORDER_REPORT, meta=meta)
             if body.get("reject"):
                 raise OrderRejected(f"order {key!r} rejected")
     except OrderRejected as err:
@@ -48,4 +49,5 @@ def order_status(request: HttpRequest, key: str) -> JsonResponse:
     except TaskNotFoundError:
         return JsonResponse({"error": f"no order task with key {key!r}"}, status=404)
     progress = dxf.get_task_progress(task.id).to_dict()
-    return JsonResponse({"key": task.key, "state": task.state.value, "error": task.error, "steps": progress["steps"]})
+    error = str(task.error) if task.error is not None else None
+    return JsonResponse({"key": task.key, "state": task.state.value, "error": error, "steps": progress["steps"]})

@@ -4,18 +4,18 @@ The CreateModel operations only record Django's view of the tables (``managed = 
 SQL); AlembicRevision creates them, exactly as ``celery dxf migrate`` does. A later Alembic
 revision gets its own Django migration here with ``AlembicRevision("0002", "0001")``.
 """
+from __future__ import annotations
 
 from django.db import migrations, models
 
 from dxf_celery.contrib.django.operations import AlembicRevision
 
 
-class Migration(migrations.Migration):
+class Migration(migrations.Migration):  # type: ignore[misc]  # Django ships no type hints
 
     initial = True
 
-    dependencies = [
-    ]
+    dependencies: list[tuple[str, str]] = []
 
     operations = [
         AlembicRevision(revision="0001", down_revision=None),

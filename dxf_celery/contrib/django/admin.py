@@ -112,7 +112,9 @@ class _TaskAdmin(_ReadOnly):
         )
 
 
-def _client_action(verb: str, method: Callable[[Any, int], bool], description: str) -> Callable[..., None]:
+def _client_action(
+    verb: str, past: str, method: Callable[[Any, int], bool], description: str
+) -> Callable[..., None]:
     """An admin action calling one client API method per selected task."""
 
     def action(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: Iterable[Task]) -> None:
@@ -122,20 +124,22 @@ def _client_action(verb: str, method: Callable[[Any, int], bool], description: s
         for task in queryset:
             (done if method(dxf, task.id) else skipped).append(task.task_key)
         if done:
-            modeladmin.message_user(request, f"{verb}: {', '.join(done)}", messages.SUCCESS)
+            modeladmin.message_user(request, f"{past}: {', '.join(done)}", messages.SUCCESS)
         if skipped:
-            modeladmin.message_user(request, f"not {verb} (their state does not allow it): {', '.join(skipped)}",
+            modeladmin.message_user(request, f"not {past} (their state does not allow it): {', '.join(skipped)}",
                                     messages.WARNING)
 
-    action.__name__ = f"{verb.replace(' ', '_')}_tasks"
+    action.__name__ = f"{verb}_tasks"
     decorated: Callable[..., None] = admin.action(description=description, permissions=["change"])(action)
     return decorated
 
 
-cancel_tasks = _client_action("cancelled", lambda dxf, i: bool(dxf.cancel_task(i)), "Cancel selected tasks")
-pause_tasks = _client_action("paused", lambda dxf, i: bool(dxf.pause_task(i)), "Pause selected tasks")
-resume_tasks = _client_action("resumed", lambda dxf, i: bool(dxf.resume_task(i)), "Resume selected tasks")
-resolve_tasks = _client_action("resolved", lambda dxf, i: bool(dxf.resolve_task(i)),
+cancel_tasks = _client_action("cancel", "cancelled", lambda dxf, i: bool(dxf.cancel_task(i)),
+                              "Cancel selected tasks")
+pause_tasks = _client_action("pause", "paused", lambda dxf, i: bool(dxf.pause_task(i)), "Pause selected tasks")
+resume_tasks = _client_action("resume", "resumed", lambda dxf, i: bool(dxf.resume_task(i)),
+                              "Resume selected tasks")
+resolve_tasks = _client_action("resolve", "resolved", lambda dxf, i: bool(dxf.resolve_task(i)),
                                "Resolve selected tasks (rerun their failed subtasks)")
 
 

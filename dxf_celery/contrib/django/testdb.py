@@ -22,6 +22,10 @@ logger = logging.getLogger(__name__)
 
 #: ``alias -> database key`` of each ``DATABASES`` entry as settings.py wrote it (before any test run).
 _origins: dict[str, tuple[str, str, int | None, str] | None] = {}
+#: Aliases DXF followed to a test database in this process.
+_following: set[str] = set()
+#: Alias of the connection Django opens without a database (to create and drop test databases).
+NO_DB_ALIAS = "__no_db__"
 
 
 def record_origins() -> None:
@@ -70,8 +74,25 @@ def follow_connection(connection: Any) -> None:
         logger.info("dxf follows DATABASES[%r] to its test database %s", connection.alias,
                     connection.settings_dict.get("NAME"))
         retarget(dxf, now_url)
+        _following.add(connection.alias)
+
+
+def release_test_database(connection: Any) -> None:
+    """Close DXF's pooled connections when Django opens its maintenance ("no db") connection.
+
+    Django opens that connection to create or drop a test database, and PostgreSQL refuses to
+    drop a database that still has sessions: DXF's idle pool would be one. The pool reopens
+    on the next use, so releasing it at other times costs a reconnect and nothing else.
+    """
+    if not _following or connection.alias != NO_DB_ALIAS:
+        return
+    try:
+        get_dxf().state.dispose()
+    except DXFConfigError:
+        pass
 
 
 def on_connection_created(sender: Any, connection: Any, **kwargs: Any) -> None:
     """The ``connection_created`` receiver installed by :class:`DXFConfig`."""
+    release_test_database(connection)
     follow_connection(connection)

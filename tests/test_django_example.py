@@ -1,0 +1,147 @@
+"""The Django example project (examples/django_project) against PostgreSQL, in subprocesses.
+
+Its own test suite runs under Django's test runner (rollback leaves no task, commit runs it on
+a LocalCluster and on a real ``celery worker``, the admin renders and cancels, nothing reaches
+the non-test database); ``manage.py migrate`` is checked from an empty database, twice.
+Subprocesses, because Django can be configured once per process (tests/test_contrib.py does).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import PG_ADMIN_URL, TEST_DB_NAME
+from sqlalchemy import create_engine, inspect, text
+
+from dxf_celery.storage import migrate
+from dxf_celery.storage.tables import metadata
+
+pytest.importorskip("django")
+
+ROOT = Path(__file__).resolve().parents[1]
+PROJECT = ROOT / "examples" / "django_project"
+DXF_TABLES = {t.name for t in metadata.sorted_tables} | {"dxf_alembic_version"}
+BROKER = os.environ.get("DXF_TEST_REDIS_URL", "redis://127.0.0.1:6379/3")
+
+
+def _admin_exec(sql: str) -> None:
+    engine = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text(sql))
+    engine.dispose()
+
+
+@pytest.fixture
+def empty_db() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for the project; dropped afterwards."""
+    name = f"{TEST_DB_NAME}_djex"
+    for db in (f"test_{name}", name):
+        _admin_exec(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+    _admin_exec(f'CREATE DATABASE "{name}"')
+    yield name
+    _admin_exec(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _url(name: str) -> str:
+    return PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+
+
+def manage(db_name: str, *args: str, extra_env: dict[str, str] | None = None, timeout: float = 600) -> str:
+    env = dict(os.environ)
+    env.update({"DJANGO_DB_NAME": db_name, "CELERY_BROKER_URL": BROKER, "PYTHONPATH": str(PROJECT)})
+    env.update(extra_env or {})
+    proc = subprocess.run([sys.executable, "manage.py", *args], cwd=str(PROJECT), env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"manage.py {' '.join(args)} failed ({proc.returncode}):\n{out[-6000:]}"
+    return out
+
+
+def _tables(name: str) -> set[str]:
+    engine = create_engine(_url(name))
+    try:
+        return set(inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+
+
+def _scalar(name: str, sql: str) -> object:
+    engine = create_engine(_url(name))
+    try:
+        with engine.connect() as conn:
+            return conn.execute(text(sql)).scalar()
+    finally:
+        engine.dispose()
+
+
+def test_example_project_tests_pass_under_djangos_runner(empty_db: str) -> None:
+    # The non-test database has the DXF tables, so "nothing reached it" is checked for real.
+    manage(empty_db, "migrate", "--noinput")
+    out = manage(empty_db, "test", "--noinput", "-v", "2", extra_env={"DXF_EXAMPLE_REAL_DB_MIGRATED": "1"})
+    assert "Ran 9 tests" in out and "\nOK" in out, out[-4000:]
+    for name in ("test_rollback_leaves_neither_order_nor_task", "test_committed_order_runs_on_a_real_worker",
+                 "test_cancel_action_cancels_a_running_task", "test_submits_reach_the_test_database_only",
+                 "test_admin_changelist_and_task_page"):
+        assert f"{name} " in out and "... ok" in out.split(name, 1)[1].splitlines()[0], name
+    assert _scalar(empty_db, "SELECT count(*) FROM dxf_task") == 0
+    assert _scalar(empty_db, "SELECT count(*) FROM dxf_task_history") == 0
+
+
+def test_migrate_from_empty_creates_every_dxf_table_and_again_is_a_noop(empty_db: str) -> None:
+    assert not _tables(empty_db) & DXF_TABLES
+    sql = manage(empty_db, "sqlmigrate", "dxf_celery", "0001")
+    for table in DXF_TABLES:
+        assert f"CREATE TABLE {table} (" in sql, table
+    assert "INSERT INTO dxf_alembic_version (version_num) VALUES ('0001')" in sql
+    assert "[ ] 0001_initial" in manage(empty_db, "showmigrations", "dxf_celery")
+
+    assert "Applying dxf_celery.0001_initial... OK" in manage(empty_db, "migrate", "--noinput")
+    assert DXF_TABLES <= _tables(empty_db)
+    assert _scalar(empty_db, "SELECT version_num FROM dxf_alembic_version") == "0001"
+    assert "[X] 0001_initial" in manage(empty_db, "showmigrations", "dxf_celery")
+
+    again = manage(empty_db, "migrate", "--noinput")
+    assert "No migrations to apply." in again
+    assert DXF_TABLES <= _tables(empty_db)
+    # Django's autodetector agrees with the unmanaged models shipped in the migration.
+    manage(empty_db, "makemigrations", "--check", "--dry-run", "dxf_celery")
+
+    manage(empty_db, "migrate", "dxf_celery", "zero", "--noinput")
+    assert not (_tables(empty_db) & DXF_TABLES) - {"dxf_alembic_version"}
+    manage(empty_db, "migrate", "dxf_celery", "--noinput")
+    assert DXF_TABLES <= _tables(empty_db)
+
+
+def test_migrate_adopts_tables_made_by_celery_dxf_migrate(empty_db: str) -> None:
+    """A project that ran ``celery dxf migrate`` before keeps its tables and rows."""
+    migrate(_url(empty_db))
+    engine = create_engine(_url(empty_db))
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO dxf_node (host, role, cpu_count) VALUES ('old@host', '', 2)"))
+    engine.dispose()
+    manage(empty_db, "migrate", "--noinput")
+    assert _scalar(empty_db, "SELECT count(*) FROM dxf_node") == 1
+    assert _scalar(empty_db, "SELECT version_num FROM dxf_alembic_version") == "0001"
+
+
+def test_manage_py_dxf_commands(empty_db: str) -> None:
+    manage(empty_db, "migrate", "--noinput")
+    assert "no tasks" in manage(empty_db, "dxf", "list")
+    submit = "from dxf_celery.contrib.django import submit_task; submit_task('cmd-1', 'noop')"
+    manage(empty_db, "shell", "-c", submit)
+    listing = manage(empty_db, "dxf", "list")
+    assert "cmd-1" in listing and "pending" in listing
+    assert "state        pending" in manage(empty_db, "dxf", "show", "cmd-1")
+    assert "pause requested for task 'cmd-1'" in manage(empty_db, "dxf", "pause", "cmd-1")
+    env = dict(os.environ, DJANGO_DB_NAME=empty_db, CELERY_BROKER_URL=BROKER)
+    refused = subprocess.run([sys.executable, "manage.py", "dxf", "cancel", "nosuch"], cwd=str(PROJECT), env=env,
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode != 0
+    assert refused.stderr.strip().splitlines() == ["CommandError: dxf cancel: no task with key 'nosuch'"]
+    assert "No migrations to apply." in manage(empty_db, "dxf", "migrate")
+    assert "purged 0 finished tasks" in manage(empty_db, "dxf", "purge", "--older-than", "30")

@@ -101,20 +101,20 @@ def test_migrate_from_empty_creates_every_dxf_table_and_again_is_a_noop(empty_db
     assert "[ ] 0001_initial" in manage(empty_db, "showmigrations", "dxf_celery")
 
     assert "Applying dxf_celery.0001_initial... OK" in manage(empty_db, "migrate", "--noinput")
-    assert DXF_TABLES <= _tables(empty_db)
+    assert _tables(empty_db) >= DXF_TABLES
     assert _scalar(empty_db, "SELECT version_num FROM dxf_alembic_version") == "0001"
     assert "[X] 0001_initial" in manage(empty_db, "showmigrations", "dxf_celery")
 
     again = manage(empty_db, "migrate", "--noinput")
     assert "No migrations to apply." in again
-    assert DXF_TABLES <= _tables(empty_db)
+    assert _tables(empty_db) >= DXF_TABLES
     # Django's autodetector agrees with the unmanaged models shipped in the migration.
     manage(empty_db, "makemigrations", "--check", "--dry-run", "dxf_celery")
 
     manage(empty_db, "migrate", "dxf_celery", "zero", "--noinput")
     assert not (_tables(empty_db) & DXF_TABLES) - {"dxf_alembic_version"}
     manage(empty_db, "migrate", "dxf_celery", "--noinput")
-    assert DXF_TABLES <= _tables(empty_db)
+    assert _tables(empty_db) >= DXF_TABLES
 
 
 def test_migrate_adopts_tables_made_by_celery_dxf_migrate(empty_db: str) -> None:

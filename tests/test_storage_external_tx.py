@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,10 @@ def raw_connection(db_kind: str, db_url: str) -> Iterator[tuple[str, Any]]:
     """An open DB-API connection in a transaction, owned by the test, plus its dialect URL."""
     url = make_url(db_url)
     if db_kind == "sqlite":
-        raw: Any = sqlite3.connect(str(url.database), isolation_level="DEFERRED", check_same_thread=False)
+        # Opened as Django opens it: declared types are converted by the driver already.
+        sqlite3.register_converter("datetime", lambda b: datetime.fromisoformat(b.decode()))
+        raw: Any = sqlite3.connect(str(url.database), isolation_level="DEFERRED", check_same_thread=False,
+                                   detect_types=sqlite3.PARSE_DECLTYPES | sqlite3.PARSE_COLNAMES)
         yield "sqlite://", raw
     elif db_kind == "postgresql":
         raw = psycopg.connect(dbname=url.database, user=url.username, host=url.host, port=url.port or 5432)
@@ -41,7 +45,8 @@ def test_rollback_and_commit_belong_to_the_owner(raw_connection: tuple[str, Any]
     own = TaskManager(db_url)
     try:
         task = handle.submit_task(borrowed, "ext-1", "noop")
-        assert handle.get_task(borrowed, "ext-1").id == task.id  # the owner's transaction sees it
+        seen = handle.get_task(borrowed, "ext-1")  # the owner's transaction sees it
+        assert seen.id == task.id and isinstance(seen.create_time, datetime)
         raw.rollback()
         with pytest.raises(TaskNotFoundError):
             handle.get_task(own, "ext-1")

@@ -10,9 +10,12 @@ makes sure SQLAlchemy never ends the owner's transaction: ``commit``, ``rollback
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Dialect, Engine, create_engine
+from sqlalchemy import types as sqltypes
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
@@ -57,10 +60,30 @@ def borrowed_engine(url: str, get_connection: Callable[[], Any]) -> Engine:
     shared: each checkout asks ``get_connection`` again (Django's connections are per thread).
     """
     kwargs: dict[str, Any] = {}
-    if make_url(url).get_backend_name() == "postgresql":
+    backend = make_url(url).get_backend_name()
+    if backend == "postgresql":
         # The psycopg dialect would look the hstore type up through the connection's real class.
         kwargs["use_native_hstore"] = False
-    return create_engine(url, creator=lambda: BorrowedConnection(get_connection()), poolclass=NullPool, **kwargs)
+    engine = create_engine(url, creator=lambda: BorrowedConnection(get_connection()), poolclass=NullPool, **kwargs)
+    if backend == "sqlite":
+        # The owner may have opened its sqlite3 connection with detect_types (Django does), so
+        # DATETIME columns can arrive already parsed.
+        engine.dialect.colspecs = {**engine.dialect.colspecs, sqltypes.DateTime: _ParsedOrTextDateTime}
+    return engine
+
+
+class _ParsedOrTextDateTime(sqlite.DATETIME):
+    """SQLite DATETIME that accepts a value the driver already converted to ``datetime``."""
+
+    def result_processor(self, dialect: Dialect, coltype: object) -> Callable[[Any], Any] | None:
+        parse = super().result_processor(dialect, coltype)
+
+        def process(value: Any) -> Any:
+            if value is None or isinstance(value, datetime):
+                return value
+            return parse(value) if parse is not None else value
+
+        return process
 
 
 def task_manager_on(engine: Engine) -> TaskManager:

@@ -22,8 +22,8 @@ logger = logging.getLogger(__name__)
 
 #: ``alias -> database key`` of each ``DATABASES`` entry as settings.py wrote it (before any test run).
 _origins: dict[str, tuple[str, str, int | None, str] | None] = {}
-#: Aliases DXF followed to a test database in this process.
-_following: set[str] = set()
+#: ``alias -> database key`` DXF last followed it to (a test database, or a parallel runner's clone).
+_following: dict[str, tuple[str, str, int | None, str] | None] = {}
 #: Alias of the connection Django opens without a database (to create and drop test databases).
 NO_DB_ALIAS = "__no_db__"
 
@@ -63,18 +63,21 @@ def follow_connection(connection: Any) -> None:
             connection.alias, connection.alias,
         )
         return
-    if database_key(now_url) == origin:
+    now_key = database_key(now_url)
+    if now_key == origin:
         return
     try:
         dxf = get_dxf()
     except DXFConfigError:
         return  # no Celery app with DXF in this process: nothing to retarget
     current = database_key(dxf.settings.database_url)
-    if current == origin:
+    # Follow from the configured database, or on from the test database followed before (the
+    # parallel runner's workers switch once more, to their clone of it).
+    if current != now_key and (current == origin or current == _following.get(connection.alias)):
         logger.info("dxf follows DATABASES[%r] to its test database %s", connection.alias,
                     connection.settings_dict.get("NAME"))
         retarget(dxf, now_url)
-        _following.add(connection.alias)
+        _following[connection.alias] = now_key
 
 
 def release_test_database(connection: Any) -> None:

@@ -145,3 +145,16 @@ def test_manage_py_dxf_commands(empty_db: str) -> None:
     assert refused.stderr.strip().splitlines() == ["CommandError: dxf cancel: no task with key 'nosuch'"]
     assert "No migrations to apply." in manage(empty_db, "dxf", "migrate")
     assert "purged 0 finished tasks" in manage(empty_db, "dxf", "purge", "--older-than", "30")
+
+
+def test_example_project_tests_pass_under_pytest_django(empty_db: str) -> None:
+    """The pytest-django recipe of docs/django.md: ``pytest`` in the project runs the same suite and the recipe."""
+    pytest.importorskip("pytest_django", reason="pytest-django is not installed (pip install pytest-django)")
+    env = dict(os.environ)
+    env.update({"DJANGO_DB_NAME": empty_db, "CELERY_BROKER_URL": BROKER,
+                "PYTHONPATH": os.pathsep.join(p for p in (str(PROJECT), env.get("PYTHONPATH", "")) if p)})
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=str(PROJECT),
+                          env=env, capture_output=True, text=True, timeout=600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-6000:]
+    assert "11 passed" in out, out[-3000:]

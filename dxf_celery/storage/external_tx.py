@@ -9,11 +9,13 @@ makes sure SQLAlchemy never ends the owner's transaction: ``commit``, ``rollback
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextvars
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Dialect, Engine, create_engine
+from sqlalchemy import Connection, Dialect, Engine, create_engine
 from sqlalchemy import types as sqltypes
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import make_url
@@ -22,7 +24,15 @@ from sqlalchemy.pool import NullPool
 from dxf_celery.storage.migrate import VERSION_TABLE, alembic_config
 from dxf_celery.storage.task_manager import TaskManager
 
-__all__ = ["BorrowedConnection", "borrowed_engine", "downgrade_on", "task_manager_on", "upgrade_on"]
+__all__ = [
+    "BorrowedConnection",
+    "borrowed_engine",
+    "downgrade_on",
+    "offline_sql",
+    "task_manager_in",
+    "task_manager_on",
+    "upgrade_on",
+]
 
 
 class BorrowedConnection:
@@ -84,6 +94,31 @@ class _ParsedOrTextDateTime(sqlite.DATETIME):
             return parse(value) if parse is not None else value
 
         return process
+
+
+_current_raw: contextvars.ContextVar[Any] = contextvars.ContextVar("dxf_borrowed_dbapi_connection")
+_sqla_engines: dict[str, Engine] = {}
+
+
+@contextmanager
+def task_manager_in(connection: Connection) -> Iterator[TaskManager]:
+    """A TaskManager whose statements join ``connection``'s open transaction (SQLAlchemy users).
+
+    ``connection`` is the caller's SQLAlchemy Connection (``engine.begin()``, or an ORM
+    ``session.connection()``) on the database of the DXF tables. Its transaction must be open:
+    the caller commits or rolls back, and the task goes with it.
+    """
+    if not connection.in_transaction():
+        raise ValueError("the connection has no open transaction: use engine.begin() or session.begin() first")
+    driver = connection.engine.url.drivername
+    engine = _sqla_engines.get(driver)
+    if engine is None:
+        engine = _sqla_engines[driver] = borrowed_engine(f"{driver}://", _current_raw.get)
+    token = _current_raw.set(connection.connection.dbapi_connection)
+    try:
+        yield task_manager_on(engine)
+    finally:
+        _current_raw.reset(token)
 
 
 def task_manager_on(engine: Engine) -> TaskManager:

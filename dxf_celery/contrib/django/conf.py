@@ -58,7 +58,7 @@ def database_url(alias: str = "default", databases: Mapping[str, Mapping[str, An
         )
     name = str(db.get("NAME") or "")
     if driver == "sqlite":
-        if not name or name == ":memory:":
+        if not name or name == ":memory:" or "mode=memory" in name:  # Django's test default is a memory URI
             raise DXFConfigError("an in-memory SQLite database cannot be shared with workers; use a file")
         return f"sqlite:///{name}"
     port = db.get("PORT")

@@ -51,19 +51,16 @@ def retarget(dxf: DXF, url: str) -> None:
 
 
 def follow_connection(connection: Any) -> None:
-    """If DXF uses ``connection``'s alias as configured in settings, follow it to where it points now."""
+    """If DXF uses ``connection``'s alias as configured in settings, follow it to where it points now.
+
+    When the alias now points at a database DXF cannot use (an in-memory SQLite test database),
+    this raises :class:`DXFConfigError` rather than let tests write to the configured database.
+    """
     origin = _origins.get(connection.alias)
     if origin is None:
         return
     now_url = settings_dict_url(connection.settings_dict)
-    if now_url is None:
-        logger.warning(
-            "DATABASES[%r] now points at a database DXF cannot share with workers (an in-memory SQLite "
-            "test database?); set DATABASES[%r]['TEST']['NAME'] to a file so DXF can follow it",
-            connection.alias, connection.alias,
-        )
-        return
-    now_key = database_key(now_url)
+    now_key = database_key(now_url) if now_url else None
     if now_key == origin:
         return
     try:
@@ -73,11 +70,18 @@ def follow_connection(connection: Any) -> None:
     current = database_key(dxf.settings.database_url)
     # Follow from the configured database, or on from the test database followed before (the
     # parallel runner's workers switch once more, to their clone of it).
-    if current != now_key and (current == origin or current == _following.get(connection.alias)):
-        logger.info("dxf follows DATABASES[%r] to its test database %s", connection.alias,
-                    connection.settings_dict.get("NAME"))
-        retarget(dxf, now_url)
-        _following[connection.alias] = now_key
+    if current == now_key or (current != origin and current != _following.get(connection.alias)):
+        return
+    if now_url is None:
+        raise DXFConfigError(
+            f"DATABASES[{connection.alias!r}] now points at a database dxf-celery cannot share with workers "
+            f"(an in-memory SQLite test database?), and DXF would keep writing to the configured one; set "
+            f"DATABASES[{connection.alias!r}]['TEST']['NAME'] to a file"
+        )
+    logger.info("dxf follows DATABASES[%r] to its test database %s", connection.alias,
+                connection.settings_dict.get("NAME"))
+    retarget(dxf, now_url)
+    _following[connection.alias] = now_key
 
 
 def release_test_database(connection: Any) -> None:

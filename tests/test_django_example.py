@@ -163,3 +163,78 @@ def test_example_project_tests_pass_under_pytest_django(empty_db: str) -> None:
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-6000:]
     assert "11 passed" in out, out[-3000:]
+
+
+SQLITE_SETTINGS = '''
+from dxf_celery.contrib.django import database_url
+SECRET_KEY = "x"
+USE_TZ = True
+INSTALLED_APPS = ["dxf_celery.contrib.django.DXFConfig", "sqproj"]
+# IMMEDIATE: a transaction that reads, then writes, must not fail on a lock upgrade.
+DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": %(name)r,
+                         "OPTIONS": {"transaction_mode": "IMMEDIATE"}%(test)s}}
+CELERY_DXF_DATABASE_URL = database_url("default", DATABASES)
+DXF_CELERY_APP = "sqproj.capp:app"
+'''
+SQLITE_TESTS = '''
+from django.test import TestCase, TransactionTestCase
+from django.db import transaction
+from dxf_celery.contrib.django import get_dxf, submit_task
+from dxf_celery.contrib.django.models import Task
+from dxf_celery.contrib.django.testing import local_cluster
+
+class Rollback(TestCase):
+    def test_rollback(self):
+        try:
+            with transaction.atomic():
+                submit_task("sq-rb", "noop")
+                raise RuntimeError
+        except RuntimeError:
+            pass
+        assert not Task.objects.filter(task_key="sq-rb").exists()
+
+class Runs(TransactionTestCase):
+    def test_runs(self):
+        assert get_dxf().settings.database_url.endswith("test.sqlite3")
+        with local_cluster() as cluster:
+            with transaction.atomic():
+                task = submit_task("sq-run", "noop")
+            assert cluster.wait_task(task.id, timeout=60).state.value == "succeed"
+'''
+
+
+def _sqlite_project(root: Path, test_name: str | None) -> None:
+    pkg = root / "sqproj"
+    pkg.mkdir(parents=True, exist_ok=True)
+    (pkg / "__init__.py").write_text("")
+    test = f', "TEST": {{"NAME": {test_name!r}}}' if test_name else ""
+    (pkg / "settings.py").write_text(SQLITE_SETTINGS % {"name": str(root / "db.sqlite3"), "test": test})
+    (pkg / "capp.py").write_text("from celery import Celery\nfrom dxf_celery import DXF\n"
+                                 "app = Celery('sq', broker='memory://')\n"
+                                 "app.config_from_object('django.conf:settings', namespace='CELERY')\nDXF(app)\n")
+    (pkg / "dxf_tasks.py").write_text("from dxf_celery.examples import noop  # registers 'noop'\n")
+    (pkg / "tests.py").write_text(SQLITE_TESTS)
+
+
+def _django_test(root: Path) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, DJANGO_SETTINGS_MODULE="sqproj.settings", PYTHONPATH=str(root))
+    return subprocess.run([sys.executable, "-m", "django", "test", "sqproj", "--noinput"], cwd=str(root), env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_sqlite_project_follows_a_file_test_database(tmp_path: Path) -> None:
+    _sqlite_project(tmp_path, str(tmp_path / "test.sqlite3"))
+    proc = _django_test(tmp_path)
+    assert proc.returncode == 0 and "Ran 2 tests" in proc.stderr, proc.stderr[-4000:]
+    # Nothing reached the configured database: it has no DXF tables at all.
+    if (tmp_path / "db.sqlite3").exists():
+        engine = create_engine(f"sqlite:///{tmp_path / 'db.sqlite3'}")
+        assert not set(inspect(engine).get_table_names()) & DXF_TABLES
+        engine.dispose()
+
+
+def test_sqlite_memory_test_database_is_refused_with_a_clear_error(tmp_path: Path) -> None:
+    _sqlite_project(tmp_path, None)  # Django's default: an in-memory test database workers cannot share
+    proc = _django_test(tmp_path)
+    assert proc.returncode != 0
+    assert "set DATABASES['default']['TEST']['NAME'] to a file" in proc.stderr, proc.stderr[-4000:]

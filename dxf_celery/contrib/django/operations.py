@@ -44,7 +44,6 @@ class AlembicRevision(Operation):  # type: ignore[misc]  # Django ships no type 
 
     reversible = True
     reduces_to_sql = True
-    atomic = True
 
     def __init__(self, revision: str, down_revision: str | None) -> None:
         self.revision = revision

@@ -40,8 +40,8 @@ def record_origins() -> None:
 def retarget(dxf: DXF, url: str) -> None:
     """Point ``dxf`` at the database ``url`` from now on (this process only).
 
-    Hook for the lead: this reaches into ``DXFState`` (``_settings``); a public
-    ``DXFState.retarget(database_url)`` would replace these lines.
+    ``DXFState`` has no public way to change the database of a live state, so this replaces its
+    cached settings after disposing its TaskManager; the next use builds one on ``url``.
     """
     state = dxf.state
     if state.settings.database_url == url:

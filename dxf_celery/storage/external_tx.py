@@ -21,8 +21,8 @@ from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
+from dxf_celery.storage import TaskManager
 from dxf_celery.storage.migrate import VERSION_TABLE, alembic_config
-from dxf_celery.storage.task_manager import TaskManager
 
 __all__ = [
     "BorrowedConnection",

@@ -13,9 +13,9 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import Connection, and_, delete, func, select
 
+from dxf_celery.storage import TaskManager, utcnow
 from dxf_celery.storage.engine import run_transaction
 from dxf_celery.storage.tables import subtask_history_table, task_history_table, task_table
-from dxf_celery.storage.task_manager import TaskManager, utcnow
 
 __all__ = ["DEFAULT_BATCH", "PurgeResult", "purge_history"]
 

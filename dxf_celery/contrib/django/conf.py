@@ -1,16 +1,11 @@
-"""Django integration: an AppConfig that registers task types, and helpers for settings.
+"""Settings glue: ``DATABASES`` entries as SQLAlchemy URLs, the project's DXF, task type discovery.
 
 Django projects configure Celery with ``app.config_from_object("django.conf:settings",
 namespace="CELERY")``, so DXF settings are written ``CELERY_DXF_DATABASE_URL`` and friends.
-Add ``"dxf_celery.contrib.django.DXFConfig"`` to ``INSTALLED_APPS`` and:
-
-- every installed app's ``dxf_tasks`` module is imported when Django starts (in the web
-  process and in every worker), which is where a project registers its task types;
-- :func:`database_url` turns a ``DATABASES`` entry into the SQLAlchemy URL DXF needs, so
-  the DXF tables can live in the project's own database:
-  ``CELERY_DXF_DATABASE_URL = database_url("default")`` in settings.py;
-- :func:`get_dxf` returns the DXF of the project's Celery app (``DXF_CELERY_APP =
-  "proj.celery:app"`` in settings, or Celery's current app) for views and management code.
+``DXF_DATABASE_ALIAS`` (default ``"default"``, ``None`` = DXF has a database of its own) names
+the ``DATABASES`` entry that holds the DXF tables: ``manage.py migrate`` creates them there,
+submits inside ``transaction.atomic(using=alias)`` join that transaction, and DXF follows the
+alias to its test database under the test runner.
 """
 
 from __future__ import annotations
@@ -20,7 +15,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from django.apps import AppConfig, apps
+from django.apps import apps
 from sqlalchemy.engine import URL
 
 from dxf_celery.app import DXF
@@ -63,7 +58,7 @@ def database_url(alias: str = "default", databases: Mapping[str, Mapping[str, An
         )
     name = str(db.get("NAME") or "")
     if driver == "sqlite":
-        if not name or name == ":memory:":
+        if not name or name == ":memory:" or "mode=memory" in name:  # Django's test default is a memory URI
             raise DXFConfigError("an in-memory SQLite database cannot be shared with workers; use a file")
         return f"sqlite:///{name}"
     port = db.get("PORT")
@@ -116,13 +111,54 @@ def get_dxf() -> DXF:
     return dxf
 
 
-class DXFConfig(AppConfig):  # type: ignore[misc]  # Django ships no type hints
-    """``INSTALLED_APPS += ["dxf_celery.contrib.django.DXFConfig"]``."""
+#: Django setting naming the ``DATABASES`` alias of the DXF tables (``None``: not in ``DATABASES``).
+ALIAS_SETTING = "DXF_DATABASE_ALIAS"
 
-    name = "dxf_celery.contrib.django"
-    label = "dxf_celery"
-    verbose_name = "dxf-celery"
-    default_auto_field = "django.db.models.BigAutoField"
 
-    def ready(self) -> None:
-        autodiscover_task_types()
+def configured_alias() -> str | None:
+    """``settings.DXF_DATABASE_ALIAS`` (default ``"default"``), or None when DXF has its own database."""
+    from django.conf import settings
+
+    alias = getattr(settings, ALIAS_SETTING, "default")
+    if alias is None:
+        return None
+    if alias not in settings.DATABASES:
+        raise DXFConfigError(f"{ALIAS_SETTING} = {alias!r} is not a DATABASES entry; name one, or set it to None")
+    return str(alias)
+
+
+def database_key(url: str) -> tuple[str, str, int | None, str] | None:
+    """What identifies a database in a URL (backend, host, port, name), or None if it cannot be parsed."""
+    import os
+
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except Exception:
+        return None
+    name = parsed.database or ""
+    if parsed.get_backend_name() == "sqlite":
+        return ("sqlite", "", None, os.path.abspath(name) if name and name != ":memory:" else name)
+    backend = "mysql" if parsed.get_backend_name() in ("mysql", "mariadb") else parsed.get_backend_name()
+    default_port = {"postgresql": 5432, "mysql": 3306}.get(backend)
+    host = parsed.host or "localhost"
+    if host == "127.0.0.1":
+        host = "localhost"
+    return (backend, host, parsed.port or default_port, name)
+
+
+def settings_dict_url(settings_dict: Mapping[str, Any]) -> str | None:
+    """:func:`database_url` of one connection's settings, or None when DXF cannot use it."""
+    try:
+        return database_url("x", {"x": settings_dict})
+    except DXFConfigError:
+        return None
+
+
+def dxf_uses_alias(dxf: DXF, alias: str) -> bool:
+    """True when ``dxf``'s database is the database of ``DATABASES[alias]`` (as connected now)."""
+    from django.db import connections
+
+    url = settings_dict_url(connections[alias].settings_dict)
+    return url is not None and database_key(url) == database_key(dxf.settings.database_url)

@@ -7,6 +7,7 @@ import the other for it.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -134,6 +135,14 @@ class DXFState:
             if self._tm is not None and self._tm_pid == os.getpid():
                 self._tm.dispose()
             self._tm = None
+
+    def retarget(self, database_url: str) -> None:
+        """Use ``database_url`` from now on in this process (a test runner's test database)."""
+        with self._lock:
+            if self.settings.database_url == database_url:
+                return
+            self.dispose()
+            self._settings = dataclasses.replace(self.settings, database_url=database_url)
 
 
 def get_state(app: Celery) -> DXFState:

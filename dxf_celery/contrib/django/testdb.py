@@ -10,7 +10,6 @@ database of its own is left alone.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from typing import Any
 
@@ -38,16 +37,8 @@ def record_origins() -> None:
 
 
 def retarget(dxf: DXF, url: str) -> None:
-    """Point ``dxf`` at the database ``url`` from now on (this process only).
-
-    ``DXFState`` has no public way to change the database of a live state, so this replaces its
-    cached settings after disposing its TaskManager; the next use builds one on ``url``.
-    """
-    state = dxf.state
-    if state.settings.database_url == url:
-        return
-    state.dispose()
-    state._settings = dataclasses.replace(state.settings, database_url=url)
+    """Point ``dxf`` at the database ``url`` from now on (this process only)."""
+    dxf.state.retarget(url)
 
 
 def follow_connection(connection: Any) -> None:

@@ -65,6 +65,8 @@ class DXFSettings:
     node_ttl: float = _SCHEDULER.node_ttl
     #: Lifetime of the scheduler's database lease (a dead scheduler is replaced after it).
     lease_ttl: float = 5.0
+    #: Days a finished task stays in the history tables (0 = forever); applied by the daily GC.
+    history_retention: float = 0.0
     #: Slots of this node (sum of the concurrency of the tasks it runs at once).
     node_slots: int = field(default_factory=_cpu_count)
     #: Memory budget of this node in bytes, shared by slot (0 = unknown).
@@ -121,6 +123,10 @@ class DXFSettings:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise DXFConfigError(f"{PREFIX}{name} must be > 0 seconds, got {getattr(self, name)!r}")
+        if self.history_retention < 0:
+            raise DXFConfigError(
+                f"dxf_history_retention must be >= 0 days (0 keeps history forever), got {self.history_retention!r}"
+            )
         if self.max_subtask_check_interval < self.subtask_check_interval:
             raise DXFConfigError("dxf_max_subtask_check_interval must be >= dxf_subtask_check_interval")
         if self.node_slots < 1:

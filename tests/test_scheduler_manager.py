@@ -16,7 +16,7 @@ from cluster_types import RECORDER, TASK_TYPE, demo_meta, register_demo
 
 from dxf_celery import handle
 from dxf_celery.context import Context
-from dxf_celery.errors import TaskAlreadyExistsError
+from dxf_celery.errors import TaskAlreadyExistsError, TaskNotFoundError
 from dxf_celery.proto import (
     CANCELLED_BY_USER,
     STEP_DONE,
@@ -440,7 +440,16 @@ def test_gc_subtask_history(task_manager: TaskManager) -> None:
     gc = manager(tm, "s1", intervals=replace(INTERVALS, subtask_keep_seconds=0.0, gc_subtasks=0.0))
     passes(gc)
     assert tm.get_subtasks(task.id) == []
-    assert handle.get_task(tm, task.id).state == TaskState.SUCCEED  # task history is kept
+    assert handle.get_task(tm, task.id).state == TaskState.SUCCEED  # task history is kept by default
+    gc.release()
+    kept = manager(tm, "s1", intervals=replace(INTERVALS, gc_subtasks=0.0, history_keep_seconds=3600.0))
+    passes(kept)
+    assert handle.get_task(tm, task.id).state == TaskState.SUCCEED  # younger than the retention
+    kept.release()
+    purge = manager(tm, "s1", intervals=replace(INTERVALS, gc_subtasks=0.0, history_keep_seconds=0.0))
+    passes(purge)
+    with pytest.raises(TaskNotFoundError):
+        handle.get_task(tm, task.id)
 
 
 def test_cleanup_routine_error_keeps_task_live(task_manager: TaskManager) -> None:

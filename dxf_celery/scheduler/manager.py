@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 
 from dxf_celery.context import Context
 from dxf_celery.errors import DXFError, TaskNotFoundError, UnknownTaskTypeError
@@ -28,6 +29,7 @@ from dxf_celery.scheduler.param import Param, SchedulerIntervals
 from dxf_celery.scheduler.register import SchedulerFactory, get_scheduler_factory
 from dxf_celery.scheduler.slots import SlotManager
 from dxf_celery.storage import TaskManager
+from dxf_celery.storage.retention import purge_history
 
 logger = logging.getLogger(__name__)
 
@@ -166,6 +168,13 @@ class Manager:
         owner = f"{self.owner_id[:200]}:{uuid.uuid4().hex}"
         if self.task_manager.try_acquire_lease(GC_LEASE_NAME, owner, self.intervals.gc_subtasks):
             gc_subtask_history(self.task_manager, self.intervals.subtask_keep_seconds)
+            keep = self.intervals.history_keep_seconds
+            if keep is not None:
+                purged = purge_history(self.task_manager, timedelta(seconds=keep))
+                if purged.tasks:
+                    logger.info(
+                        "history retention: purged %d finished tasks (%d subtasks)", purged.tasks, purged.subtasks
+                    )
 
     def _maintain_nodes(self) -> None:
         self.node_manager.maintain_live_nodes(self.intervals.node_ttl)

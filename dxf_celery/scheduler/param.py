@@ -37,6 +37,8 @@ class SchedulerIntervals:
     gc_subtasks: float = 86400.0
     #: Subtask history rows older than this are deleted (DXF: 14 days).
     subtask_keep_seconds: float = 14 * 86400.0
+    #: Finished tasks older than this leave the history with their subtasks (None: kept forever).
+    history_keep_seconds: float | None = None
     #: At most this many tasks hold slots at once.
     max_concurrent_tasks: int = MAX_CONCURRENT_TASKS
     #: Plans with this many meta bytes or more are inserted in batches.

@@ -113,7 +113,12 @@ class DXFState:
         from dxf_celery.scheduler.param import SchedulerIntervals
 
         s = self.settings
-        return SchedulerIntervals(schedule=s.scheduler_interval, balance=s.balance_interval, node_ttl=s.node_ttl)
+        return SchedulerIntervals(
+            schedule=s.scheduler_interval,
+            balance=s.balance_interval,
+            node_ttl=s.node_ttl,
+            history_keep_seconds=s.history_retention * 86400.0 if s.history_retention > 0 else None,
+        )
 
     def send_wakeup(self, reason: str = "wakeup") -> None:
         """Ask some worker for a scheduler pass now (latency only: beat does it anyway)."""

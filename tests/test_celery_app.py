@@ -46,6 +46,17 @@ def test_settings_read_prefixed_keys_and_coerce_strings() -> None:
     assert (s.node_slots, s.node_role, s.beat, s.scheduler_interval) == (8, "bg", False, 0.25)
 
 
+def test_history_retention_reaches_the_scheduler_in_seconds() -> None:
+    from celery import Celery
+
+    from dxf_celery.worker.state import DXFState
+
+    assert DXFState(Celery("keep"), {}).scheduler_intervals().history_keep_seconds is None
+    app = Celery("ret")
+    app.conf.dxf_history_retention = "1.5"
+    assert DXFState(app, {}).scheduler_intervals().history_keep_seconds == 1.5 * 86400
+
+
 @pytest.mark.parametrize(
     ("conf", "needle"),
     [
@@ -53,6 +64,7 @@ def test_settings_read_prefixed_keys_and_coerce_strings() -> None:
         ({"dxf_task_check_interval": -1}, "dxf_task_check_interval"),
         ({"dxf_node_slots": "many"}, "dxf_node_slots"),
         ({"dxf_node_ttl": 0.5, "dxf_heartbeat_interval": 1.0}, "dxf_node_ttl"),
+        ({"dxf_history_retention": -1}, "dxf_history_retention"),
         ({"dxf_database_url": ""}, "dxf_database_url"),
     ],
 )

@@ -34,6 +34,8 @@ def masked_url(url: str) -> str:
 
 def one_line(err: BaseException) -> str:
     """The first line of an error, its type first: driver errors span many lines."""
+    if isinstance(err, DBAPIError) and err.orig is not None:
+        err = err.orig  # the driver's own words, without SQLAlchemy's wrapper and link
     first = (str(err).strip().splitlines() or [""])[0]
     return f"{type(err).__name__}: {first}" if first else type(err).__name__
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -167,9 +168,15 @@ def test_bad_and_stale_executor_messages_are_rejected_without_harm(cluster: Clus
         for args, kwargs in bad_args:
             cluster.app.send_task(EXECUTE_TASK, args=args, kwargs=kwargs, queue=queue, routing_key=queue,
                                   ignore_result=True)
-    wait_for(lambda: all(p.log_text().count("dxf.execute") >= 2 * 5 for p in cluster.workers()), 60,
-             what="the executor messages handled")
+    # Sent without a display name, so these are the only "dxf.execute[<uuid>]" results in the logs.
+    handled = re.compile(r"Task dxf\.execute\[[0-9a-f-]{36}\] (succeeded|raised)")
+    wait_for(lambda: all(len(handled.findall(p.log_text())) == 5 for p in cluster.workers()), 60,
+             what="the five bad executor messages handled by each node")
     cluster.assert_all_up()
+    for proc in cluster.workers():
+        text = proc.log_text()
+        assert "WorkerLostError" not in text and "exited with 'signal" not in text, text[-3000:]  # pool intact
+        assert "'skipped': 'task is gone'" in text and "'skipped': 'other node'" in text
     cluster.run_task("after", steps=2)
     cluster.assert_all_up()
 

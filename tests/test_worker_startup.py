@@ -144,6 +144,7 @@ def _start_take_part_stop(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(60 + 60 * STARTS)
 def test_documented_worker_starts_during_planning_all_reach_ready(
     redis_e2e: tuple[DXF, CeleryProcesses], tmp_path: Path,
 ) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 from celery_apps.servers import free_port
@@ -74,3 +75,34 @@ def test_startup_and_shutdown_settings_are_validated() -> None:
         DXFSettings.from_conf({"dxf_database_connect_interval": 0})
     with pytest.raises(DXFConfigError, match="dxf_shutdown_timeout"):
         DXFSettings.from_conf({"dxf_shutdown_timeout": -1})
+
+
+
+def _requires_closure(step: Any) -> set[str]:
+    """Every step ``step`` waits for, directly or not (as Celery's blueprint graph resolves them)."""
+    from celery.utils.imports import symbol_by_name
+
+    seen: set[str] = set()
+    todo = list(step.requires)
+    while todo:
+        dep = symbol_by_name(todo.pop()) if isinstance(todo[-1], str) else todo.pop()
+        if dep.name not in seen:
+            seen.add(dep.name)
+            todo.extend(dep.requires)
+    return seen
+
+
+def test_the_tick_consumer_starts_after_mingle() -> None:
+    """The tick consumer must declare that it comes after Mingle; Celery orders the rest by hash.
+
+    Started before Mingle, it shares the connection mingle drains until one quiet second, and
+    ticks coming more often than that kept the worker at ``mingle: searching for neighbors``
+    for ever (issue 10).
+    """
+    from celery.worker.consumer.mingle import Mingle
+    from celery.worker.consumer.tasks import Tasks
+
+    from dxf_celery.worker.bootsteps import DXFSchedulerTicks
+
+    needs = _requires_closure(DXFSchedulerTicks)
+    assert Mingle.name in needs and Tasks.name in needs, needs

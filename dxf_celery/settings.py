@@ -91,6 +91,13 @@ class DXFSettings:
     metrics_port: int = 0
     #: Address that endpoint listens on (loopback unless you expose it on purpose).
     metrics_host: str = "127.0.0.1"
+    #: Attempts to reach the database when a worker starts (it waits for it like for the broker).
+    database_connect_retries: int = 30
+    #: Seconds between those attempts.
+    database_connect_interval: float = 2.0
+    #: Seconds a warm shutdown may take before the worker exits anyway (0 = wait as long as Celery
+    #: does); a cold shutdown gets at most 10 s of it.
+    shutdown_timeout: float = 60.0
 
     @classmethod
     def from_conf(cls, conf: Mapping[str, Any] | Any, **overrides: Any) -> DXFSettings:
@@ -118,7 +125,7 @@ class DXFSettings:
         positive = (
             "task_check_interval", "subtask_check_interval", "max_subtask_check_interval", "watch_task_interval",
             "heartbeat_interval", "scheduler_interval", "balance_interval", "node_ttl", "lease_ttl",
-            "cancel_grace", "launch_timeout", "progress_event_interval",
+            "cancel_grace", "launch_timeout", "progress_event_interval", "database_connect_interval",
         )
         for name in positive:
             if getattr(self, name) <= 0:
@@ -129,6 +136,10 @@ class DXFSettings:
             )
         if self.max_subtask_check_interval < self.subtask_check_interval:
             raise DXFConfigError("dxf_max_subtask_check_interval must be >= dxf_subtask_check_interval")
+        if self.database_connect_retries < 1:
+            raise DXFConfigError(f"dxf_database_connect_retries must be >= 1, got {self.database_connect_retries}")
+        if self.shutdown_timeout < 0:
+            raise DXFConfigError(f"dxf_shutdown_timeout must be >= 0 s (0 = no bound), got {self.shutdown_timeout}")
         if self.node_slots < 1:
             raise DXFConfigError(f"dxf_node_slots must be >= 1, got {self.node_slots}")
         if self.node_memory < 0:

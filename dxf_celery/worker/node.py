@@ -102,14 +102,28 @@ class NodeRuntime:
         self._last_pass = 0.0
         self._threads: list[threading.Thread] = []
         self._meta_ready = threading.Event()
+        self._started = False
         self._stopped = False
         self._removed = False
 
     # ------------------------------------------------------------------ lifecycle
 
-    def start(self) -> None:
+    def register(self) -> None:
+        """Make the runtime findable (ticks, control commands, signals) before its threads run."""
         with _runtimes_lock:
             runtimes[self.nodename] = self
+
+    def start(self) -> None:
+        """Start the node and scheduler threads, once; called when the Celery consumer is up.
+
+        Not earlier: the node row would announce a node that cannot yet receive the executors
+        the scheduler assigns to it (a worker still connecting, or in mingle).
+        """
+        self.register()
+        with _runtimes_lock:
+            if self._started or self._stopping.is_set():
+                return
+            self._started = True
         for target, name in ((self._node_loop, "dxf-node"), (self._scheduler_loop, "dxf-scheduler")):
             thread = threading.Thread(target=target, name=f"{name}-{self.nodename}", daemon=True)
             thread.start()

@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING, Any
 from celery import signals
 
 from dxf_celery.worker import control as _control  # noqa: F401  (registers the commands)
-from dxf_celery.worker import observability
+from dxf_celery.worker import observability, shutdown
 from dxf_celery.worker.bootsteps import DXFNodeStep, DXFSchedulerTicks
 from dxf_celery.worker.launcher import tracker
 from dxf_celery.worker.names import EXECUTE_TASK, SCHEDULE_TASK
-from dxf_celery.worker.node import find_runtime, runtimes
+from dxf_celery.worker.node import NodeRuntime, find_runtime, runtimes
 from dxf_celery.worker.tasks import register_tasks
 
 if TYPE_CHECKING:
@@ -87,9 +87,17 @@ def _on_task_revoked(sender: Any = None, request: Any = None, **_: Any) -> None:
 
 
 def _on_worker_shutting_down(sig: Any = None, how: Any = None, **_: Any) -> None:
-    # Called from a signal handler: hand the work to a thread, take no lock here.
+    # Called from a signal handler: hand the work to threads, take no lock here.
     for runtime in list(runtimes.values()):
         threading.Thread(target=runtime.begin_shutdown, name="dxf-shutdown", daemon=True).start()
+        threading.Thread(target=_arm_watchdog, args=(runtime, str(how or "Warm")), name="dxf-shutdown-arm",
+                         daemon=True).start()
+
+
+def _arm_watchdog(runtime: NodeRuntime, how: str) -> None:
+    bound = shutdown.shutdown_bound(how, runtime.settings.shutdown_timeout)
+    if bound is not None:
+        shutdown.arm(bound, hostname=runtime.nodename, cleanup=runtime.remove_node)
 
 
 def _on_worker_shutdown(sender: Any = None, **_: Any) -> None:

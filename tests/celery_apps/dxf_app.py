@@ -2,13 +2,15 @@
 
 Everything comes from the environment so each test picks its broker, database and timing:
 ``DXF_E2E_BROKER``, ``DXF_E2E_DB_URL``, ``DXF_E2E_SLOTS``, ``DXF_E2E_TYPES`` ("0" = this
-worker knows no task type), ``DXF_E2E_FS_DIR`` (folder of the ``filesystem://`` broker) and
-``DXF_E2E_METRICS_PORT`` (the worker's Prometheus port).
+worker knows no task type), ``DXF_E2E_FS_DIR`` (folder of the ``filesystem://`` broker),
+``DXF_E2E_METRICS_PORT`` (the worker's Prometheus port) and ``DXF_E2E_CONF`` (a JSON object of
+further settings, e.g. ``{"dxf_shutdown_timeout": 3}``).
 The test process builds the same app with :func:`create_app` to submit tasks.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -60,6 +62,7 @@ def create_app(
     )
     if os.environ.get("DXF_E2E_METRICS_PORT"):
         conf["dxf_metrics_port"] = int(os.environ["DXF_E2E_METRICS_PORT"])
+    conf.update(json.loads(os.environ.get("DXF_E2E_CONF") or "{}"))
     if broker.startswith("filesystem://") and fs_dir:
         conf["broker_transport_options"] = filesystem_transport_options(fs_dir)
     app.conf.update(conf)

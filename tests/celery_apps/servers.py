@@ -173,7 +173,7 @@ class PrivatePostgres:
 # ---------------------------------------------------------------------- documented commands
 
 #: The app names the docs use for "your app" (``celery -A proj ...``).
-_DOC_APPS = ("proj", "app", "dxf_celery.demo_app")
+_DOC_APPS = ("proj", "app", "dxf_celery.demo_app", "shop", "shop_flask.make_celery")
 
 
 def _doc_commands() -> list[str]:
@@ -181,7 +181,7 @@ def _doc_commands() -> list[str]:
     pattern = re.compile(r"celery -A (\S+) worker[^`\n|]*")
     for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
         for match in pattern.finditer(path.read_text()):
-            found.append(match.group(0).strip())
+            found.append(match.group(0).split(" #", 1)[0].strip())  # a shell comment is not part of it
     compose = (ROOT / "docker-compose.yml").read_text()
     for match in re.finditer(r"command:\s*(\[[^\]]*\])", compose, re.S):
         argv = json.loads(match.group(1))

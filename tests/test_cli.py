@@ -222,7 +222,8 @@ def test_cli_drives_real_workers(tmp_path: Path) -> None:
 
         def running() -> bool:
             workers_alive()
-            return json.loads(cli("show", "cli-2", "--json").stdout)["state"] == "running"
+            state: str = json.loads(cli("show", "cli-2", "--json").stdout)["state"]
+            return state == "running"
 
         wait_for(running, 60, interval=0.2, what="cli-2 running")
         res = cli("pause", "cli-2")

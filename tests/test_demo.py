@@ -14,6 +14,11 @@ import pytest
 import redis
 from conftest import SELECTED, make_db_url
 
+from dxf_celery import handle
+from dxf_celery.examples.noop import noop_meta
+from dxf_celery.proto import MIN_PRIORITY, TaskState
+from dxf_celery.storage import TaskManager, migrate
+
 pytestmark = [pytest.mark.celery, pytest.mark.slow]
 
 REDIS_URL = os.environ.get("DXF_TEST_REDIS_URL", "redis://127.0.0.1:6379/4")
@@ -81,9 +86,29 @@ def test_demo_on_redis_and_postgresql(tmp_path: Path) -> None:
         client.close()
 
 
+def hold_every_slot(workdir: Path, nodes: int = 2, slots: int = 2) -> None:
+    """Put a task in the demo's database that takes every slot of its nodes and never ends.
+
+    It outranks the demo's import (smallest priority, submitted first), so the import stays
+    pending for as long as the test needs: the demo is mid-way by state, not because its
+    import was guessed to be slower than the test. (The noop subtasks wait on their context:
+    the demo's warm shutdown stops them at once.)
+    """
+    workdir.mkdir(parents=True)
+    url = f"sqlite:///{workdir / 'dxf.db'}"  # where the demo keeps its database (--dir)
+    migrate(url)
+    tm = TaskManager(url)
+    try:
+        handle.submit_task(tm, "hold-every-slot", "noop", meta=noop_meta(subtasks=nodes, sleep=24 * 3600.0),
+                           concurrency=slots, priority=MIN_PRIORITY)
+    finally:
+        tm.dispose()
+
+
 def test_interrupted_demo_stops_everything(tmp_path: Path) -> None:
     """SIGTERM (or Ctrl-C) in the middle: the demo stops its workers and beat and exits."""
     workdir = tmp_path / "demo"
+    hold_every_slot(workdir)
     env = {k: v for k, v in os.environ.items() if not k.startswith("DXF_DEMO_")}
     args = [sys.executable, "-m", "dxf_celery.demo", "--rows", "20000", "--chunk-rows", "200", "--dir", str(workdir)]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
@@ -102,10 +127,17 @@ def test_interrupted_demo_stops_everything(tmp_path: Path) -> None:
             proc.kill()
     assert proc.returncode == 130, "".join(lines) + rest
     assert "interrupted" in rest and "none left running" in rest
-    deadline = time.monotonic() + 10
+    # The demo has waited for its children; what may linger is a zombie being reaped.
+    deadline = time.monotonic() + 60
     while processes_with_env(f"DXF_DEMO_DIR={workdir}") and time.monotonic() < deadline:
         time.sleep(0.1)
     assert processes_with_env(f"DXF_DEMO_DIR={workdir}") == []
+    tm = TaskManager(f"sqlite:///{workdir / 'dxf.db'}")
+    try:
+        (demo_task,) = [t for t in handle.list_tasks(tm) if t.key.startswith("demo-import-")]
+        assert demo_task.state == TaskState.PENDING, "the held slots did not hold the import back"
+    finally:
+        tm.dispose()
 
 
 def test_unreachable_broker_is_a_clear_error(tmp_path: Path) -> None:

@@ -15,9 +15,9 @@ from celery_apps.harness import CeleryProcesses, wait_for
 from celery_apps.types import e2e_meta, release
 from click.testing import CliRunner, Result
 
-from dxf_celery import handle
+from dxf_celery import DXF, handle
 from dxf_celery.cli import dxf
-from dxf_celery.proto import TaskState
+from dxf_celery.proto import MAX_PRIORITY, MIN_PRIORITY, NORMAL_PRIORITY, TaskState
 from dxf_celery.storage import TaskManager
 
 
@@ -98,6 +98,29 @@ def test_submit_steer_modify_and_state_errors(app: Celery, task_manager: TaskMan
     run(app, "submit", "job-3", "noop")
     assert run(app, "cancel", "job-3").exit_code == 0
     assert handle.get_task(task_manager, "job-3").state == TaskState.CANCELLING
+
+
+def test_priority_bounds_are_protos(app: Celery, task_manager: TaskManager) -> None:
+    for bad in (MIN_PRIORITY - 1, MAX_PRIORITY + 1):
+        res = run(app, "submit", f"p{bad}", "noop", "--priority", str(bad))
+        assert res.exit_code == 2 and f"{MIN_PRIORITY}<=x<={MAX_PRIORITY}" in res.output, res.output
+    for ok in (MIN_PRIORITY, MAX_PRIORITY):
+        assert run(app, "submit", f"p{ok}", "noop", "--priority", str(ok)).exit_code == 0
+        assert handle.get_task(task_manager, f"p{ok}").priority == ok
+    assert run(app, "submit", "p-default", "noop").exit_code == 0
+    assert handle.get_task(task_manager, "p-default").priority == NORMAL_PRIORITY
+
+
+def test_the_database_of_an_attached_dxf_wins(db_url: str, task_manager: TaskManager) -> None:
+    """With ``DXF(app, database_url=...)`` and no ``dxf_database_url`` in the conf, the CLI uses the DXF's."""
+    app = Celery("cli_dxf", broker="memory://", set_as_current=False)
+    DXF(app, database_url=db_url)
+    handle.submit_task(task_manager, "via-dxf", "noop")
+    res = run(app, "list")
+    assert res.exit_code == 0 and "via-dxf" in res.output, res.output
+    res = run(app, "cancel", "via-dxf")  # a steering command also sends the DXF's wake-up
+    assert res.exit_code == 0, res.output
+    assert handle.get_task(task_manager, "via-dxf").state == TaskState.CANCELLING
 
 
 def test_wait_exit_codes(app: Celery, task_manager: TaskManager) -> None:

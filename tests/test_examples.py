@@ -52,7 +52,9 @@ def cluster(db_url: str) -> Iterator[LocalCluster]:
     with target.write.begin() as conn:
         csvtable.build_table(TABLE, GENERATED_COLUMNS).drop(conn, checkfirst=True)
     tm.dispose()
-    with LocalCluster(db_url, nodes=2, slots=4, check_interval=0.02) as c:
+    # No test here kills a node: a long node TTL keeps a live node that a loaded machine
+    # slowed down from being taken for dead (its subtasks would run twice).
+    with LocalCluster(db_url, nodes=2, slots=4, check_interval=0.02, node_ttl=60.0) as c:
         yield c
 
 

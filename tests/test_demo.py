@@ -87,20 +87,23 @@ def test_demo_on_redis_and_postgresql(tmp_path: Path) -> None:
 
 
 def hold_every_slot(workdir: Path, nodes: int = 2, slots: int = 2) -> None:
-    """Put a task in the demo's database that takes every slot of its nodes and never ends.
+    """Put tasks in the demo's database that take every slot of its nodes and never end.
 
-    It outranks the demo's import (smallest priority, submitted first), so the import stays
-    pending for as long as the test needs: the demo is mid-way by state, not because its
-    import was guessed to be slower than the test. (The noop subtasks wait on their context:
-    the demo's warm shutdown stops them at once.)
+    One task per node, each asking for a whole node (``concurrency=slots``), all ranked
+    before the demo's import (smallest priority, submitted first): however the nodes come up
+    (one task may be planned while a single node is registered), no slot is left for the
+    import, which stays pending for as long as the test needs. The demo is mid-way by state,
+    not because its import was guessed to be slower than the test. (The noop subtasks wait
+    on their context: the demo's warm shutdown stops them at once.)
     """
     workdir.mkdir(parents=True)
     url = f"sqlite:///{workdir / 'dxf.db'}"  # where the demo keeps its database (--dir)
     migrate(url)
     tm = TaskManager(url)
     try:
-        handle.submit_task(tm, "hold-every-slot", "noop", meta=noop_meta(subtasks=nodes, sleep=24 * 3600.0),
-                           concurrency=slots, priority=MIN_PRIORITY)
+        for n in range(1, nodes + 1):
+            handle.submit_task(tm, f"hold-node-{n}", "noop", meta=noop_meta(subtasks=nodes, sleep=24 * 3600.0),
+                               concurrency=slots, priority=MIN_PRIORITY)
     finally:
         tm.dispose()
 
@@ -134,8 +137,10 @@ def test_interrupted_demo_stops_everything(tmp_path: Path) -> None:
     assert processes_with_env(f"DXF_DEMO_DIR={workdir}") == []
     tm = TaskManager(f"sqlite:///{workdir / 'dxf.db'}")
     try:
-        (demo_task,) = [t for t in handle.list_tasks(tm) if t.key.startswith("demo-import-")]
-        assert demo_task.state == TaskState.PENDING, "the held slots did not hold the import back"
+        tasks = handle.list_tasks(tm)
+        seen = [(t.key, t.state.value, [(s.exec_id, s.state.value) for s in tm.get_subtasks(t.id)]) for t in tasks]
+        (demo_task,) = [t for t in tasks if t.key.startswith("demo-import-")]
+        assert demo_task.state == TaskState.PENDING, f"the held slots did not hold the import back: {seen}"
     finally:
         tm.dispose()
 

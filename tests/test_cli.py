@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import redis
 from celery import Celery
 from celery.bin.base import CLIContext
 from celery_apps.harness import CeleryProcesses, wait_for
@@ -19,6 +20,8 @@ from dxf_celery import DXF, handle
 from dxf_celery.cli import dxf
 from dxf_celery.proto import MAX_PRIORITY, MIN_PRIORITY, NORMAL_PRIORITY, TaskState
 from dxf_celery.storage import TaskManager
+
+REDIS_URL = os.environ.get("DXF_TEST_REDIS_URL", "redis://127.0.0.1:6379/3")
 
 
 @pytest.fixture
@@ -203,7 +206,12 @@ def test_cli_drives_real_workers(tmp_path: Path) -> None:
     CLI call is; nothing here depends on how long a subtask takes.
     """
     db_url = f"sqlite:///{tmp_path / 'cli.db'}"  # migrated by the CLI below
-    env = {"DXF_E2E_BROKER": "filesystem://", "DXF_E2E_FS_DIR": str(tmp_path / "broker"), "DXF_E2E_DB_URL": db_url}
+    # Redis, not kombu's filesystem transport: a worker of that one can read a message file
+    # before it is written and die on the empty JSON (kombu#1551), seen here under load.
+    flushed = redis.Redis.from_url(REDIS_URL)
+    flushed.flushdb()  # no message of an earlier test may reach these workers
+    flushed.close()
+    env = {"DXF_E2E_BROKER": REDIS_URL, "DXF_E2E_DB_URL": db_url}
     record, hold = tmp_path / "runs.log", tmp_path / "release-cli-2"
     tm = TaskManager(db_url)
     procs = CeleryProcesses(tmp_path, env, tm)

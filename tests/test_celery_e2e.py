@@ -2,8 +2,11 @@
 ``DXF_TEST_REDIS_URL``) and PostgreSQL, tasks submitted from this test process.
 
 Every wait polls SQL (or the run log the ``e2e`` task type writes) with a generous timeout;
-no assertion is about wall-clock time. Each test's processes are killed by the fixture
-finalizer whatever happens, and their logs are printed when a test fails.
+no assertion is about wall-clock time. Work that a test must catch in the middle (to cancel,
+pause, revoke, kill or shut down under it) is held open by state: its subtasks run until the
+test creates their release file (``hold``), never for a duration guessed to be long enough.
+Each test's processes are killed by the fixture finalizer whatever happens, and their logs
+are printed when a test fails.
 """
 
 from __future__ import annotations
@@ -15,16 +18,18 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from celery import Celery
 from celery_apps.dxf_app import FAST_SETTINGS, create_app
 from celery_apps.harness import CeleryProcesses, RunEvent, max_parallel_by_node, read_record, wait_for
-from celery_apps.types import e2e_meta
+from celery_apps.types import e2e_meta, release
 from conftest import make_db_url
 
 from dxf_celery import DXF
 from dxf_celery.proto import SubtaskState, TaskState
+from dxf_celery.scheduler.manager import LEASE_NAME
 
 pytestmark = [pytest.mark.celery, pytest.mark.slow]
 
@@ -45,6 +50,10 @@ class E2E:
 
     def meta(self, **kw: object) -> bytes:
         return e2e_meta(str(self.record), **kw)  # type: ignore[arg-type]
+
+    def hold(self, name: str) -> Path:
+        """A release file: subtasks with ``meta(hold=...)`` run until :func:`release` creates it."""
+        return self.record.with_name(f"release-{name}")
 
     def running_subtasks(self, task_id: int, exec_id: str | None = None) -> list[object]:
         return [s for s in self.dxf.get_subtasks(task_id)
@@ -125,8 +134,9 @@ def test_cancel_stops_a_subtask_blocked_in_python(e2e: E2E, pool: str) -> None:
     e2e.procs.start_worker("w1@e2e", pool=pool, concurrency=3, slots=2)
     e2e.procs.start_worker("w2@e2e", pool=pool, concurrency=3, slots=2)
     e2e.procs.start_beat()
-    # "busy" subtasks loop in Python for 10 minutes and never look at their context.
-    task = e2e.dxf.submit_task("cancel-me", "e2e", meta=e2e.meta(steps=1, subtasks=4, sleep=600, mode="busy"))
+    # "busy" subtasks loop in Python until released (never, here) and never look at their context.
+    task = e2e.dxf.submit_task("cancel-me", "e2e", meta=e2e.meta(steps=1, subtasks=4, mode="busy",
+                                                                  hold=e2e.hold("never")))
     wait_for(lambda: len(e2e.running_subtasks(task.id)) >= 2, 60, what="two subtasks running")
     assert e2e.dxf.cancel_task(task.id)
     final = e2e.dxf.wait_task(task.id, timeout=60, raise_error=False)
@@ -139,7 +149,7 @@ def test_cancel_stops_a_subtask_blocked_in_python(e2e: E2E, pool: str) -> None:
         ends = [e for e in events if e.kind == "end"]
         return bool(starts) and len(ends) == len(starts)
 
-    # Far less than the 600 s the subtasks would run: they were interrupted.
+    # Never released: they ended because the framework interrupted them.
     wait_for(all_stopped, 60, what="every started subtask to stop")
     ends = [e for e in e2e.events() if e.task_id == task.id and e.kind == "end"]
     assert all(e.outcome == "ExecutorCancelledError" for e in ends), ends
@@ -173,13 +183,16 @@ def test_pause_then_resume_succeeds(e2e: E2E, pool: str) -> None:
     e2e.procs.start_worker("w2@e2e", pool=pool, concurrency=3, slots=2)
     e2e.procs.start_beat()
     steps, subtasks = 2, 4
-    task = e2e.dxf.submit_task("pause-me", "e2e", meta=e2e.meta(steps=steps, subtasks=subtasks, sleep=0.6))
+    hold = e2e.hold("pause-me")
+    task = e2e.dxf.submit_task("pause-me", "e2e", meta=e2e.meta(steps=steps, subtasks=subtasks, hold=hold))
     wait_for(lambda: e2e.running_subtasks(task.id), 60, what="a subtask running")
     assert e2e.dxf.pause_task(task.id)
     paused = e2e.dxf.wait_task(task.id, timeout=60)
     assert paused.state == TaskState.PAUSED
     assert not e2e.running_subtasks(task.id)
+    assert not _ok_runs(e2e.events(), task.id), "a held subtask finished before its release"
     assert e2e.dxf.resume_task(task.id)
+    release(hold)
     assert e2e.dxf.wait_task(task.id, timeout=120).state == TaskState.SUCCEED
     ok = _ok_runs(e2e.events(), task.id)
     expected = {(s, o) for s in range(1, steps + 1) for o in range(1, subtasks + 1)}
@@ -190,7 +203,7 @@ def test_celery_revoke_with_sigusr1_cancels_the_executor_cooperatively(e2e: E2E)
     """``revoke(id, terminate=True, signal="SIGUSR1")`` (Flower's revoke button) = executor cancel()."""
     e2e.procs.start_worker("w1@e2e", pool="prefork", concurrency=2, slots=2)
     e2e.procs.start_beat()
-    task = e2e.dxf.submit_task("revoke-me", "e2e", meta=e2e.meta(steps=1, subtasks=1, sleep=600))
+    task = e2e.dxf.submit_task("revoke-me", "e2e", meta=e2e.meta(steps=1, subtasks=1, hold=e2e.hold("never")))
 
     def executor_request() -> str | None:
         active = e2e.app.control.inspect(destination=["w1@e2e"], timeout=2).active() or {}
@@ -198,6 +211,7 @@ def test_celery_revoke_with_sigusr1_cancels_the_executor_cooperatively(e2e: E2E)
         return ids[0] if ids and e2e.running_subtasks(task.id) else None
 
     celery_id = wait_for(executor_request, 60, what="the executor's Celery request")
+    assert celery_id is not None
     e2e.app.control.revoke(celery_id, terminate=True, signal="SIGUSR1")
 
     def rerun() -> bool:
@@ -222,8 +236,10 @@ def test_sigkilled_worker(e2e: E2E, idempotent: bool) -> None:
     e2e.procs.start_worker("w2@e2e", pool="prefork", concurrency=3, slots=2)
     e2e.procs.start_beat()
     subtasks = 4
-    task = e2e.dxf.submit_task("kill-me", "e2e", meta=e2e.meta(steps=1, subtasks=subtasks, sleep=3.0,
+    hold = e2e.hold("kill-me")
+    task = e2e.dxf.submit_task("kill-me", "e2e", meta=e2e.meta(steps=1, subtasks=subtasks, hold=hold,
                                                                 idempotent=idempotent))
+
     def started_on_w1() -> list[object]:
         # The row turns running just before the type records its start: kill only once both
         # are there, or the killed run may never have reached the record.
@@ -233,6 +249,7 @@ def test_sigkilled_worker(e2e: E2E, idempotent: bool) -> None:
 
     victim = wait_for(started_on_w1, 60, what="a subtask running on w1")[0]
     e2e.procs.kill("w1@e2e")
+    release(hold)  # the held subtasks may end now; the killed run on w1 cannot
     final = e2e.dxf.wait_task(task.id, timeout=120, raise_error=False)
     events = [e for e in e2e.events() if e.task_id == task.id]
     victim_starts = [e for e in events if e.kind == "start" and e.ordinal == victim.ordinal]  # type: ignore[attr-defined]
@@ -259,24 +276,31 @@ def test_beat_stopped_then_restarted_completes(e2e: E2E) -> None:
     e2e.procs.start_worker("w2@e2e", pool="threads", concurrency=3, slots=2)
     e2e.procs.start_beat("beat")
     steps = 5
-    task = e2e.dxf.submit_task("beatless", "e2e", meta=e2e.meta(steps=steps, subtasks=2, sleep=1.0))
+    hold = e2e.hold("beatless")  # step 1 stays open until beat is gone
+    task = e2e.dxf.submit_task("beatless", "e2e", meta=e2e.meta(steps=steps, subtasks=2, hold=hold))
     wait_for(lambda: e2e.dxf.get_task(task.id).step == 1, 60, what="step 1")
     e2e.procs.stop("beat")
-    stopped_at = time.monotonic()
+    tm = e2e.dxf.task_manager
+    # The scheduler stops once the last tick is older than the lease TTL: its lease row
+    # lapses then (seen in SQL, not guessed from the clock), and only then is step 1 let go.
+    wait_for(lambda: tm.get_lease_owner(LEASE_NAME) is None, 60, what="the scheduler lease to lapse")
+    release(hold)
 
-    def current_step_done() -> bool:
-        task_now = e2e.dxf.get_task(task.id)
-        subs = e2e.dxf.get_subtasks(task.id, step=task_now.step)
+    def step_1_done() -> bool:
+        subs = e2e.dxf.get_subtasks(task.id, step=1)
         return bool(subs) and all(s.state == SubtaskState.SUCCEED for s in subs)
 
-    # Running executors finish the subtasks they have without beat; the scheduler stops once
-    # the last tick is older than the lease TTL, so after that nothing advances the task.
-    wait_for(lambda: time.monotonic() - stopped_at > LEASE_TTL + 0.5 and current_step_done(), 60,
-             what="the current step's subtasks to finish without beat")
+    # Running executors finish the subtasks they have without beat ...
+    wait_for(step_1_done, 60, what="step 1's subtasks to finish without beat")
+    # ... and nothing plans step 2. A thing that must not happen can only be watched for a
+    # while: a few lease periods, failing at the first change.
     frozen = e2e.dxf.get_task(task.id)
-    time.sleep(1.5)
-    again = e2e.dxf.get_task(task.id)
-    assert not again.is_done() and (again.step, again.state) == (frozen.step, frozen.state)
+    assert (frozen.step, frozen.state) == (1, TaskState.RUNNING)
+    watch_until = time.monotonic() + 2 * LEASE_TTL
+    while time.monotonic() < watch_until:
+        again = e2e.dxf.get_task(task.id)
+        assert (again.step, again.state) == (1, TaskState.RUNNING), "the task advanced without beat"
+        time.sleep(0.1)
     e2e.procs.start_beat("beat-again")
     assert e2e.dxf.wait_task(task.id, timeout=120).state == TaskState.SUCCEED
     _assert_each_subtask_ran_once(e2e.events(), task.id, steps, 2)
@@ -311,7 +335,11 @@ def test_unknown_type_fails_clearly_and_the_worker_survives(e2e: E2E) -> None:
         assert type_name in str(final.error) and final.error is not None
         assert final.error.type_name == "UnknownTaskTypeError"
     assert worker.alive()
-    replies = e2e.app.control.broadcast("dxf_node", destination=["bare@e2e"], reply=True, timeout=5)
+
+    def node_reply() -> list[dict[str, Any]] | None:
+        return e2e.app.control.broadcast("dxf_node", destination=["bare@e2e"], reply=True, timeout=5)
+
+    replies = wait_for(node_reply, 60, what="a dxf_node reply from bare@e2e")
     assert replies and replies[0]["bare@e2e"]["registered"] is True, replies
 
 
@@ -322,11 +350,13 @@ def test_warm_shutdown_removes_the_node_and_the_other_node_finishes(e2e: E2E) ->
     e2e.procs.start_worker("w1@e2e", pool="prefork", concurrency=3, slots=2)
     e2e.procs.start_worker("w2@e2e", pool="prefork", concurrency=3, slots=2)
     e2e.procs.start_beat()
-    task = e2e.dxf.submit_task("drain-me", "e2e", meta=e2e.meta(steps=1, subtasks=4, sleep=2.0))
+    hold = e2e.hold("drain-me")
+    task = e2e.dxf.submit_task("drain-me", "e2e", meta=e2e.meta(steps=1, subtasks=4, hold=hold))
     wait_for(lambda: e2e.running_subtasks(task.id, "w1@e2e"), 60, what="a subtask running on w1")
-    e2e.procs.stop("w1@e2e")  # SIGTERM: warm shutdown
+    e2e.procs.stop("w1@e2e")  # SIGTERM: warm shutdown, while w1's subtask is still held
     # The node row goes at shutdown (not after dxf_node_ttl): gone as soon as the process is.
     assert all(n.id != "w1@e2e" for n in e2e.dxf.task_manager.get_all_nodes())
+    release(hold)
     assert e2e.dxf.wait_task(task.id, timeout=120).state == TaskState.SUCCEED
     events = [e for e in e2e.events() if e.task_id == task.id]
     interrupted = [e for e in events if e.kind == "end" and e.exec_id == "w1@e2e" and e.outcome != "ok"]
@@ -349,8 +379,12 @@ def test_executor_requests_are_readable_and_send_progress_events(e2e: E2E) -> No
     receivers: list[object] = []
     thread = threading.Thread(target=capture, daemon=True)
     thread.start()
-    ready.wait(30)
+    assert ready.wait(30)
     e2e.procs.start_worker("w1@e2e", pool="prefork", concurrency=2, slots=2, extra_args=("-E",))
+    # The receiver is subscribed once it has heard the worker (online, heartbeat): only then
+    # submit, so no event of the task can go out before anyone listens.
+    wait_for(lambda: any(e.get("hostname") == "w1@e2e" for e in list(captured)), 60,
+             what="a first event from w1")
     e2e.procs.start_beat()
     task = e2e.dxf.submit_task("watch-me", "e2e", meta=e2e.meta(steps=1, subtasks=3, sleep=0.7))
     assert e2e.dxf.wait_task(task.id, timeout=60).state == TaskState.SUCCEED
@@ -387,8 +421,8 @@ def test_embedded_default_smoke(embedded: E2E) -> None:
     task = embedded.dxf.submit_task("fs-multi", "e2e", meta=embedded.meta(steps=2, subtasks=4, sleep=0.05))
     assert embedded.dxf.wait_task(task.id, timeout=120).state == TaskState.SUCCEED
     _assert_each_subtask_ran_once(embedded.events(), task.id, 2, 4)
-    blocked = embedded.dxf.submit_task("fs-cancel", "e2e", meta=embedded.meta(steps=1, subtasks=2, sleep=600,
-                                                                              mode="busy"))
+    blocked = embedded.dxf.submit_task("fs-cancel", "e2e", meta=embedded.meta(steps=1, subtasks=2, mode="busy",
+                                                                              hold=embedded.hold("never")))
     wait_for(lambda: embedded.running_subtasks(blocked.id), 60, what="a blocked subtask running")
     embedded.dxf.cancel_task(blocked.id)
     assert embedded.dxf.wait_task(blocked.id, timeout=60, raise_error=False).state == TaskState.REVERTED

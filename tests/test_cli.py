@@ -6,18 +6,22 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+import redis
 from celery import Celery
 from celery.bin.base import CLIContext
+from celery_apps.harness import CeleryProcesses, wait_for
+from celery_apps.types import e2e_meta, release
 from click.testing import CliRunner, Result
 
-from dxf_celery import handle
+from dxf_celery import DXF, handle
 from dxf_celery.cli import dxf
-from dxf_celery.proto import TaskState
+from dxf_celery.proto import MAX_PRIORITY, MIN_PRIORITY, NORMAL_PRIORITY, TaskState
 from dxf_celery.storage import TaskManager
+
+REDIS_URL = os.environ.get("DXF_TEST_REDIS_URL", "redis://127.0.0.1:6379/3")
 
 
 @pytest.fixture
@@ -99,6 +103,29 @@ def test_submit_steer_modify_and_state_errors(app: Celery, task_manager: TaskMan
     assert handle.get_task(task_manager, "job-3").state == TaskState.CANCELLING
 
 
+def test_priority_bounds_are_protos(app: Celery, task_manager: TaskManager) -> None:
+    for bad in (MIN_PRIORITY - 1, MAX_PRIORITY + 1):
+        res = run(app, "submit", f"p{bad}", "noop", "--priority", str(bad))
+        assert res.exit_code == 2 and f"{MIN_PRIORITY}<=x<={MAX_PRIORITY}" in res.output, res.output
+    for ok in (MIN_PRIORITY, MAX_PRIORITY):
+        assert run(app, "submit", f"p{ok}", "noop", "--priority", str(ok)).exit_code == 0
+        assert handle.get_task(task_manager, f"p{ok}").priority == ok
+    assert run(app, "submit", "p-default", "noop").exit_code == 0
+    assert handle.get_task(task_manager, "p-default").priority == NORMAL_PRIORITY
+
+
+def test_the_database_of_an_attached_dxf_wins(db_url: str, task_manager: TaskManager) -> None:
+    """With ``DXF(app, database_url=...)`` and no ``dxf_database_url`` in the conf, the CLI uses the DXF's."""
+    app = Celery("cli_dxf", broker="memory://", set_as_current=False)
+    DXF(app, database_url=db_url)
+    handle.submit_task(task_manager, "via-dxf", "noop")
+    res = run(app, "list")
+    assert res.exit_code == 0 and "via-dxf" in res.output, res.output
+    res = run(app, "cancel", "via-dxf")  # a steering command also sends the DXF's wake-up
+    assert res.exit_code == 0, res.output
+    assert handle.get_task(task_manager, "via-dxf").state == TaskState.CANCELLING
+
+
 def test_wait_exit_codes(app: Celery, task_manager: TaskManager) -> None:
     t = handle.submit_task(task_manager, "w1", "noop")
     res = run(app, "wait", "w1", "--timeout", "0.2", "--interval", "0.05")
@@ -172,49 +199,75 @@ def test_real_celery_subprocess(tmp_path: Path) -> None:
 @pytest.mark.celery
 @pytest.mark.slow
 def test_cli_drives_real_workers(tmp_path: Path) -> None:
-    """submit --wait, pause, wait (exit 4), resume, nodes: against two real workers and beat."""
-    from dxf_celery.demo import Processes, celery_command
+    """submit --wait, pause, wait (exit 4), resume, nodes: against two real workers and beat.
 
-    workdir = tmp_path / "cluster"
-    workdir.mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DXF_DEMO_")}
-    env["DXF_DEMO_DIR"] = str(workdir)
-    procs = Processes()
+    The task that is paused holds its subtasks open until the test releases them (a file the
+    ``e2e`` type waits for), so it is still running when ``pause`` comes however slow each
+    CLI call is; nothing here depends on how long a subtask takes.
+    """
+    db_url = f"sqlite:///{tmp_path / 'cli.db'}"  # migrated by the CLI below
+    # Redis, not kombu's filesystem transport: a worker of that one can read a message file
+    # before it is written and die on the empty JSON (kombu#1551), seen here under load.
+    flushed = redis.Redis.from_url(REDIS_URL)
+    flushed.flushdb()  # no message of an earlier test may reach these workers
+    flushed.close()
+    env = {"DXF_E2E_BROKER": REDIS_URL, "DXF_E2E_DB_URL": db_url}
+    record, hold = tmp_path / "runs.log", tmp_path / "release-cli-2"
+    tm = TaskManager(db_url)
+    procs = CeleryProcesses(tmp_path, env, tm)
 
-    def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(celery_command("dxf", *args), env=env, capture_output=True, text=True, timeout=timeout)
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return procs.celery("dxf", *args)
+
+    def workers_alive() -> None:
+        dead = [p.name for p in procs.procs.values() if not p.alive()]
+        assert not dead, f"{dead} exited early:\n{procs.logs()}"
 
     try:
-        assert cli("migrate").returncode == 0
-        for i in (1, 2):
-            procs.start(f"w{i}", celery_command("worker", "-n", f"cli{i}@%h", "-c", "2", "-l", "WARNING",
-                                                "--without-gossip", "--without-mingle"), env, workdir / f"w{i}.log")
-        procs.start("beat", celery_command("beat", "-l", "WARNING"), env, workdir / "beat.log")
-        deadline = time.monotonic() + 60
-        while cli("nodes").stdout.count("cli") < 2:
-            assert time.monotonic() < deadline, (workdir / "w1.log").read_text()[-2000:]
-            assert not procs.dead(), [c.log.read_text()[-2000:] for c in procs.dead()]
-            time.sleep(0.3)
-
-        res = cli("submit", "cli-1", "noop", "--meta", '{"subtasks": 6, "steps": 2}', "--concurrency", "2",
-                  "--wait", "--timeout", "90")
+        res = cli("migrate")
         assert res.returncode == 0, res.stdout + res.stderr
+        for i in (1, 2):
+            procs.start_worker(f"cli{i}@e2e", concurrency=2, slots=2, wait=False)
+        procs.start_beat()
+
+        def both_nodes() -> bool:
+            workers_alive()
+            listed = json.loads(cli("nodes", "--json").stdout)
+            return {n["id"] for n in listed} == {"cli1@e2e", "cli2@e2e"} and {n["slots"] for n in listed} == {2}
+
+        wait_for(both_nodes, 60, interval=0.3, what="both workers listed by `dxf nodes --json`")
+        table = cli("nodes").stdout
+        assert "cli1@e2e" in table and "cli2@e2e" in table and "/2" in table, table
+
+        meta = e2e_meta(str(record), steps=2, subtasks=6, sleep=0).decode()
+        res = procs.celery("dxf", "submit", "cli-1", "e2e", "--meta", meta, "--concurrency", "2", "--wait",
+                           "--timeout", "120", timeout=180)
+        assert res.returncode == 0, res.stdout + res.stderr + procs.logs()
         assert "task 1 (cli-1) succeed" in res.stdout
         shown = json.loads(cli("show", "cli-1", "--json", "--subtasks").stdout)
         assert shown["state"] == "succeed" and len(shown["subtasks"]) == 12
         # Ran on the registered nodes (spreading itself is pinned by the cluster and e2e tests).
-        assert {s["exec_id"].split("@")[0] for s in shown["subtasks"]} <= {"cli1", "cli2"}, shown["subtasks"]
+        assert {s["exec_id"] for s in shown["subtasks"]} <= {"cli1@e2e", "cli2@e2e"}, shown["subtasks"]
 
-        assert cli("submit", "cli-2", "noop", "--meta", '{"subtasks": 8, "sleep": 0.5}').returncode == 0
-        deadline = time.monotonic() + 60
-        while "running" not in cli("show", "cli-2").stdout:
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
-        assert cli("pause", "cli-2").returncode == 0
-        res = cli("wait", "cli-2", "--timeout", "60")
-        assert res.returncode == 4, res.stdout + res.stderr
+        meta = e2e_meta(str(record), steps=1, subtasks=8, hold=hold).decode()
+        assert cli("submit", "cli-2", "e2e", "--meta", meta).returncode == 0
+
+        def running() -> bool:
+            workers_alive()
+            state: str = json.loads(cli("show", "cli-2", "--json").stdout)["state"]
+            return state == "running"
+
+        wait_for(running, 60, interval=0.2, what="cli-2 running")
+        res = cli("pause", "cli-2")
+        assert res.returncode == 0 and "pause requested for task 2 (cli-2)" in res.stdout, res.stdout + res.stderr
+        res = procs.celery("dxf", "wait", "cli-2", "--timeout", "120", timeout=180)
+        assert res.returncode == 4 and "is paused" in res.stdout, res.stdout + res.stderr + procs.logs()
+        paused = json.loads(cli("show", "cli-2", "--json", "--subtasks").stdout)
+        assert paused["state"] == "paused" and all(s["state"] != "running" for s in paused["subtasks"]), paused
         assert cli("resume", "cli-2").returncode == 0
-        res = cli("wait", "cli-2", "--timeout", "90")
-        assert res.returncode == 0, res.stdout + res.stderr
+        release(hold)
+        res = procs.celery("dxf", "wait", "cli-2", "--timeout", "120", timeout=180)
+        assert res.returncode == 0 and "task 2 (cli-2) succeed" in res.stdout, res.stdout + res.stderr + procs.logs()
     finally:
-        procs.stop()
+        procs.close()
+        tm.dispose()

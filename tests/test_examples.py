@@ -1,9 +1,16 @@
-"""The example task types end to end on an in-process cluster (LocalCluster) and real databases."""
+"""The example task types end to end on an in-process cluster (LocalCluster) and real databases.
+
+A test that steers a task in the middle (cancel, pause) holds the example's subtasks open with
+a :class:`Gate` wrapped around the example's own step executor: the task is mid-way because
+its subtasks wait for the test, never because a speed limit or a sleep was guessed to be slow
+enough.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -18,8 +25,12 @@ from dxf_celery.errors import TaskFailedError, TaskNotFoundError
 from dxf_celery.examples import csv_import, csvdata, csvtable, noop
 from dxf_celery.examples.csv_import import STEP_IMPORT, STEP_VERIFY, VerifyMismatchError
 from dxf_celery.examples.csvdata import GENERATED_COLUMNS
-from dxf_celery.proto import Subtask, SubtaskState, TaskState
+from dxf_celery.proto import Subtask, SubtaskState, Task, TaskState
 from dxf_celery.storage import TaskManager
+from dxf_celery.taskexecutor import BaseTaskExecutor
+from dxf_celery.taskexecutor.execute import StepExecutor
+from dxf_celery.taskexecutor.param import Param
+from dxf_celery.taskexecutor.register import register_task_type
 from dxf_celery.testing import LocalCluster
 
 TABLE = "imported_orders"
@@ -41,16 +52,112 @@ def cluster(db_url: str) -> Iterator[LocalCluster]:
     with target.write.begin() as conn:
         csvtable.build_table(TABLE, GENERATED_COLUMNS).drop(conn, checkfirst=True)
     tm.dispose()
-    with LocalCluster(db_url, nodes=2, slots=4, check_interval=0.02) as c:
+    # No test here kills a node: a long node TTL keeps a live node that a loaded machine
+    # slowed down from being taken for dead (its subtasks would run twice).
+    with LocalCluster(db_url, nodes=2, slots=4, check_interval=0.02, node_ttl=60.0) as c:
         yield c
 
 
-def wait_for(cond: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
+def wait_for(cond: Callable[[], bool], timeout: float = 60.0, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout
     while not cond():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.01)
+
+
+class Gate:
+    """Lets the first ``free`` subtask runs through and holds the others until :meth:`open`.
+
+    A held subtask waits on its context, so cancel and pause still stop it at once.
+    """
+
+    def __init__(self, free: int = 0) -> None:
+        self.free = free
+        self._admitted = 0
+        self._lock = threading.Lock()
+        self._opened = threading.Event()
+
+    def pass_through(self, ctx: Context) -> None:
+        with self._lock:
+            self._admitted += 1
+            if self._admitted <= self.free:
+                return
+        while not self._opened.is_set():
+            ctx.wait(0.01)
+            ctx.check()
+
+    def open(self) -> None:
+        self._opened.set()
+
+
+class _GatedImport(csv_import.ImportStepExecutor):
+    def __init__(self, inner: csv_import.ImportStepExecutor, gate: Gate) -> None:
+        super().__init__(inner.task, inner.meta, inner.target)
+        self.gate = gate
+
+    def run_subtask(self, ctx: Context, subtask: Subtask) -> None:
+        self.gate.pass_through(ctx)
+        super().run_subtask(ctx, subtask)
+
+
+class _GatedCsvExtension(csv_import.CSVImportExecutorExtension):
+    def __init__(self, target: csvtable.Target, gate: Gate) -> None:
+        super().__init__(target)
+        self.gate = gate
+
+    def get_step_executor(self, task: Task) -> StepExecutor:
+        step = super().get_step_executor(task)
+        return _GatedImport(step, self.gate) if isinstance(step, csv_import.ImportStepExecutor) else step
+
+
+class _GatedNoop(noop.NoopStepExecutor):
+    def __init__(self, meta: noop.NoopMeta, gate: Gate) -> None:
+        super().__init__(meta)
+        self.gate = gate
+
+    def run_subtask(self, ctx: Context, subtask: Subtask) -> None:
+        self.gate.pass_through(ctx)
+        super().run_subtask(ctx, subtask)
+
+
+class _GatedNoopExtension(noop.NoopExecutorExtension):
+    def __init__(self, meta: noop.NoopMeta, gate: Gate) -> None:
+        super().__init__(meta)
+        self.gate = gate
+
+    def get_step_executor(self, task: Task) -> StepExecutor:
+        return _GatedNoop(noop.NoopMeta.from_json(task.meta), self.gate)
+
+
+@pytest.fixture
+def import_gate(cluster: LocalCluster) -> Iterator[Gate]:
+    """csv_import whose first two chunk imports run and the others wait for the gate."""
+    gate = Gate(free=2)
+    tm = cluster.task_manager
+    target = csvtable.Target(tm.read_engine, tm.write_engine)
+
+    def factory(ctx: Context, task: Task, param: Param) -> BaseTaskExecutor:
+        return BaseTaskExecutor(ctx, task, param, _GatedCsvExtension(target, gate))
+
+    register_task_type(csv_import.TASK_TYPE, factory)
+    yield gate
+    gate.open()
+    csv_import.register()
+
+
+@pytest.fixture
+def noop_gate(cluster: LocalCluster) -> Iterator[Gate]:
+    """noop whose subtasks all wait for the gate."""
+    gate = Gate()
+
+    def factory(ctx: Context, task: Task, param: Param) -> BaseTaskExecutor:
+        return BaseTaskExecutor(ctx, task, param, _GatedNoopExtension(noop.NoopMeta.from_json(task.meta), gate))
+
+    register_task_type(noop.TASK_TYPE, factory)
+    yield gate
+    gate.open()
+    noop.register()
 
 
 def table_rows(tm: TaskManager, task_id: int) -> int:
@@ -134,10 +241,13 @@ def _imported(cluster: LocalCluster, task_id: int) -> int:
     return sum(1 for s in cluster.get_subtasks(task_id, STEP_IMPORT) if s.state == SubtaskState.SUCCEED)
 
 
-def test_cancel_mid_import_reverts_and_cleans_the_table(cluster: LocalCluster, tmp_path: Path) -> None:
+def test_cancel_mid_import_reverts_and_cleans_the_table(
+    cluster: LocalCluster, import_gate: Gate, tmp_path: Path
+) -> None:
     path = csvdata.generate_csv(tmp_path / "orders.csv", 4000, seed=3)
-    task = cluster.submit_task("orders-cancel", csv_import.TASK_TYPE, meta=_throttled(path, 200, 4.0))
-    wait_for(lambda: _imported(cluster, task.id) >= 2, what="two chunks imported")
+    meta = csv_import.build_meta(path, TABLE, chunk_rows=200, columns=GENERATED_COLUMNS)
+    task = cluster.submit_task("orders-cancel", csv_import.TASK_TYPE, meta=meta)
+    wait_for(lambda: _imported(cluster, task.id) >= 2, what="two chunks imported")  # the others are held
     assert table_rows(cluster.task_manager, task.id) > 0
     assert cluster.cancel_task(task.id)
     with pytest.raises(TaskFailedError, match="cancelled by user") as info:
@@ -148,11 +258,13 @@ def test_cancel_mid_import_reverts_and_cleans_the_table(cluster: LocalCluster, t
     assert table_rows(cluster.task_manager, task.id) == 0
 
 
-def test_pause_then_tampered_table_fails_verification(cluster: LocalCluster, tmp_path: Path) -> None:
+def test_pause_then_tampered_table_fails_verification(
+    cluster: LocalCluster, import_gate: Gate, tmp_path: Path
+) -> None:
     """Rows deleted behind the task's back while it is paused: VERIFY catches it, the task reverts."""
     path = csvdata.generate_csv(tmp_path / "orders.csv", 3000, seed=4)
-    task = cluster.submit_task("orders-tamper", csv_import.TASK_TYPE, meta=_throttled(path, 100, 6.0))
-    wait_for(lambda: _imported(cluster, task.id) >= 2, what="two chunks imported")
+    task = cluster.submit_task("orders-tamper", csv_import.TASK_TYPE, meta=_throttled(path, 100, 50.0))
+    wait_for(lambda: _imported(cluster, task.id) >= 2, what="two chunks imported")  # the others are held
     assert cluster.pause_task(task.id)
     paused = cluster.wait_task(task.id, timeout=60)
     assert paused.state == TaskState.PAUSED
@@ -167,6 +279,7 @@ def test_pause_then_tampered_table_fails_verification(cluster: LocalCluster, tmp
     wait_for(lambda: cluster.get_task(task.id).state == TaskState.PAUSED, what="modification applied")
     assert json.loads(cluster.get_task(task.id).meta).get("max_write_speed", 0) == 0
     assert cluster.resume_task(task.id)
+    import_gate.open()
     with pytest.raises(TaskFailedError) as info:
         cluster.wait_task(task.id, timeout=120)
     err = info.value.task.error
@@ -235,11 +348,14 @@ def test_noop_failure_and_bad_meta(cluster: LocalCluster) -> None:
         cluster.wait_task(task.id, timeout=60)
     with pytest.raises(Exception, match="unknown fields"):
         noop.noop_meta(subtask=3)
-    slow = cluster.submit_task("noop-slow", noop.TASK_TYPE, meta=noop.noop_meta(subtasks=4, sleep=30))
-    wait_for(lambda: any(s.state == SubtaskState.RUNNING for s in cluster.get_subtasks(slow.id)), what="running")
-    cluster.cancel_task(slow.id)
+
+
+def test_noop_cancel_stops_running_subtasks(cluster: LocalCluster, noop_gate: Gate) -> None:
+    held = cluster.submit_task("noop-held", noop.TASK_TYPE, meta=noop.noop_meta(subtasks=4))
+    wait_for(lambda: any(s.state == SubtaskState.RUNNING for s in cluster.get_subtasks(held.id)), what="running")
+    assert cluster.cancel_task(held.id)
     with pytest.raises(TaskFailedError, match="cancelled by user"):
-        cluster.wait_task(slow.id, timeout=30)
+        cluster.wait_task(held.id, timeout=60)
 
 
 def test_import_into_another_database(cluster: LocalCluster, tmp_path: Path) -> None:

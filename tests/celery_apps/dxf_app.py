@@ -18,7 +18,12 @@ from celery import Celery
 
 from dxf_celery import DXF
 
-#: Short periods so that the tests are quick without any sleep.
+#: Short periods so that the tests are quick without any sleep. Two are not short on purpose:
+#: they are deadlines that a slow machine must never miss. ``dxf_node_ttl`` declares a node
+#: dead after that long without a heartbeat (3 s on a loaded 2-core machine with SQLite
+#: let a live node vanish and come back, and its subtasks could run twice); a cancelled
+#: subtask that watches its context must stop cooperatively within ``dxf_cancel_grace``,
+#: or it is interrupted by force (which a test that expects a cooperative stop sees).
 FAST_SETTINGS: dict[str, Any] = {
     "dxf_task_check_interval": 0.1,
     "dxf_subtask_check_interval": 0.05,
@@ -27,9 +32,9 @@ FAST_SETTINGS: dict[str, Any] = {
     "dxf_heartbeat_interval": 0.3,
     "dxf_scheduler_interval": 0.2,
     "dxf_balance_interval": 0.3,
-    "dxf_node_ttl": 3.0,
+    "dxf_node_ttl": 10.0,
     "dxf_lease_ttl": 2.0,
-    "dxf_cancel_grace": 0.5,
+    "dxf_cancel_grace": 5.0,
     "dxf_launch_timeout": 30.0,
 }
 

@@ -70,16 +70,19 @@ class CeleryProcesses:
     task_manager: TaskManager
     procs: dict[str, Proc] = field(default_factory=dict)
 
-    def _spawn(self, name: str, args: list[str], extra_env: dict[str, str] | None = None) -> Proc:
+    def _env(self, extra_env: dict[str, str] | None = None) -> dict[str, str]:
         env = dict(os.environ)
         env.update(self.env)
         env.update(extra_env or {})
         env["PYTHONPATH"] = str(ROOT / "tests") + os.pathsep + str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+        return env
+
+    def _spawn(self, name: str, args: list[str], extra_env: dict[str, str] | None = None) -> Proc:
         log = self.tmp / f"{name}.log"
         with open(log, "wb") as out:
             popen = subprocess.Popen(
-                [CELERY, "-A", APP, *args], cwd=str(ROOT), env=env, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True,
+                [CELERY, "-A", APP, *args], cwd=str(ROOT), env=self._env(extra_env), stdout=out,
+                stderr=subprocess.STDOUT, start_new_session=True,
             )
         proc = Proc(name, popen, log)
         self.procs[name] = proc
@@ -104,6 +107,11 @@ class CeleryProcesses:
             return any(n.id == name for n in self.task_manager.get_all_nodes())
 
         wait_for(registered, timeout, what=f"worker {name} to register its node")
+
+    def celery(self, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+        """Run ``celery -A celery_apps.dxf_app ARGS`` (e.g. ``dxf list``) to its end, as a user would."""
+        return subprocess.run([CELERY, "-A", APP, *args], cwd=str(ROOT), env=self._env(), capture_output=True,
+                              text=True, timeout=timeout)
 
     def start_beat(self, name: str = "beat") -> Proc:
         return self._spawn(name, ["beat", "-s", str(self.tmp / f"{name}-schedule"), "-l", "warning"])

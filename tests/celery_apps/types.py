@@ -2,7 +2,12 @@
 
 Meta (JSON): ``steps``, ``subtasks``, ``sleep`` (seconds per subtask), ``mode`` ("ctx": waits
 on its context; "busy": a Python loop of short sleeps that never looks at the context, so
-only the framework's forced interruption stops it), ``idempotent``, ``record`` (the log file).
+only the framework's forced interruption stops it), ``idempotent``, ``record`` (the log file),
+``hold`` (a file path: every subtask runs until that file exists, see :func:`release`).
+
+``hold`` is how a test keeps work open: the subtasks stay running (or blocked in Python,
+with ``mode="busy"``) for as long as the test needs, whatever the machine's speed, and end
+when the test calls :func:`release` (or cancels, pauses, kills them). No duration is guessed.
 
 Log lines (one ``O_APPEND`` write each, atomic across processes)::
 
@@ -39,10 +44,31 @@ from dxf_celery.taskexecutor.param import Param
 TASK_TYPE = "e2e"
 
 
+#: How often a held subtask looks for its release file.
+HOLD_POLL = 0.02
+
+
 def e2e_meta(record: str, *, steps: int = 2, subtasks: int = 4, sleep: float = 0.05, mode: str = "ctx",
-             idempotent: bool = True) -> bytes:
+             idempotent: bool = True, hold: str | os.PathLike[str] | None = None) -> bytes:
     return json.dumps({"steps": steps, "subtasks": subtasks, "sleep": sleep, "mode": mode,
-                       "idempotent": idempotent, "record": record}).encode()
+                       "idempotent": idempotent, "record": record,
+                       "hold": os.fspath(hold) if hold is not None else None}).encode()
+
+
+def release(hold: str | os.PathLike[str]) -> None:
+    """Let every subtask held on ``hold`` finish (now and in any later run)."""
+    with open(hold, "a"):
+        pass
+
+
+def _held(ctx: Context, hold: str, busy: bool) -> None:
+    """Run until the release file exists; "ctx" mode also ends when the context is cancelled."""
+    while not os.path.exists(hold):
+        if busy:
+            time.sleep(HOLD_POLL)
+        else:
+            ctx.wait(HOLD_POLL)
+            ctx.check()
 
 
 def _meta(raw: bytes) -> dict[str, Any]:
@@ -73,7 +99,10 @@ class E2EStepExecutor(BaseStepExecutor):
         outcome = "ok"
         try:
             sleep = float(self.meta.get("sleep", 0))
-            if self.meta.get("mode") == "busy":
+            hold = self.meta.get("hold")
+            if hold:
+                _held(ctx, str(hold), self.meta.get("mode") == "busy")
+            elif self.meta.get("mode") == "busy":
                 deadline = time.monotonic() + sleep
                 while time.monotonic() < deadline:
                     time.sleep(0.01)

@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchdb import fresh_dxf_database
+from dxf_celery.storage.provision import fresh_dxf_database
 from celery import Celery
 
 from dxf_celery import DXF

@@ -17,7 +17,7 @@ import os
 import tempfile
 import time
 
-from benchdb import fresh_dxf_database
+from dxf_celery.storage.provision import fresh_dxf_database
 
 from dxf_celery.context import Context
 from dxf_celery.proto import NodeResource, Subtask, SubtaskState, Task, TaskState

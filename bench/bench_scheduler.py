@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from benchdb import fresh_dxf_database
+from dxf_celery.storage.provision import fresh_dxf_database
 
 from dxf_celery import scheduler, taskexecutor
 from dxf_celery.context import Context

@@ -20,7 +20,7 @@ import tempfile
 import time
 from typing import Any
 
-from benchdb import fresh_dxf_database
+from dxf_celery.storage.provision import fresh_dxf_database
 
 from dxf_celery.proto import Subtask, SubtaskState, TaskState
 from dxf_celery.storage import TaskManager

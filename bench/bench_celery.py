@@ -33,7 +33,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dxf_celery.storage.provision import fresh_dxf_database
 from celery import Celery
 
 from dxf_celery import DXF
@@ -42,6 +41,7 @@ from dxf_celery.proto import STEP_DONE, STEP_INIT, Subtask, Task, TaskBase, Task
 from dxf_celery.scheduler import BaseScheduler, TaskHandle, register_scheduler_factory
 from dxf_celery.scheduler import Extension as SchedulerExtension
 from dxf_celery.scheduler.param import Param as SchedulerParam
+from dxf_celery.storage.provision import fresh_dxf_database
 from dxf_celery.taskexecutor import BaseStepExecutor, BaseTaskExecutor, Extension, StepExecutor, register_task_type
 from dxf_celery.taskexecutor.param import Param
 
@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for name in ("b1@bench", "b2@bench"):
             procs.spawn(name, ["worker", "-n", name, "-P", "prefork", "-c", str(args.concurrency),
-                               "--without-gossip", "--without-mingle", "-l", "warning"])
+                               "-l", "warning"])
         procs.spawn("beat", ["beat", "-s", str(tmp / "beat-schedule"), "-l", "warning"])
         _wait(lambda: len(dxf.task_manager.get_all_nodes()) >= 2, 120, "both nodes to register", interval=0.1)
         settings = dxf.settings

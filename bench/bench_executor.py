@@ -17,11 +17,10 @@ import os
 import tempfile
 import time
 
-from dxf_celery.storage.provision import fresh_dxf_database
-
 from dxf_celery.context import Context
 from dxf_celery.proto import NodeResource, Subtask, SubtaskState, Task, TaskState
 from dxf_celery.storage import TaskManager
+from dxf_celery.storage.provision import fresh_dxf_database
 from dxf_celery.taskexecutor import BaseStepExecutor, BaseTaskExecutor, Extension, Intervals, Param, SlotManager
 
 PG_ADMIN = os.environ.get("DXF_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")

@@ -23,13 +23,12 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from dxf_celery.storage.provision import fresh_dxf_database
-
 from dxf_celery import scheduler, taskexecutor
 from dxf_celery.context import Context
 from dxf_celery.proto import STEP_DONE, STEP_INIT, Subtask, Task, TaskBase, TaskState
 from dxf_celery.scheduler import BaseScheduler, SchedulerIntervals, TaskHandle
 from dxf_celery.storage import TaskManager, migrate
+from dxf_celery.storage.provision import fresh_dxf_database
 from dxf_celery.taskexecutor import BaseStepExecutor, BaseTaskExecutor, Intervals, StepExecutor
 from dxf_celery.testing import LocalCluster
 

@@ -20,10 +20,9 @@ import tempfile
 import time
 from typing import Any
 
-from dxf_celery.storage.provision import fresh_dxf_database
-
 from dxf_celery.proto import Subtask, SubtaskState, TaskState
 from dxf_celery.storage import TaskManager
+from dxf_celery.storage.provision import fresh_dxf_database
 
 EXEC_ID = "bench-node"
 BENCH_DB = os.environ.get("DXF_BENCH_DB_NAME", "dxf_bench")

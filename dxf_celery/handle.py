@@ -23,6 +23,7 @@ from dxf_celery.errors import (
     TaskStateNotAllowedError,
 )
 from dxf_celery.proto import (
+    DEFAULT_LIST_LIMIT,
     EMPTY_META,
     NORMAL_PRIORITY,
     ExtraParams,
@@ -44,8 +45,6 @@ logger = logging.getLogger(__name__)
 
 #: How often :func:`wait_task` polls (DXF: 300 ms).
 WAIT_POLL_INTERVAL = 0.3
-#: How many tasks :func:`list_tasks` returns unless told otherwise.
-DEFAULT_LIST_LIMIT = 100
 
 _WAIT_END_STATES = frozenset({TaskState.SUCCEED, TaskState.REVERTED, TaskState.FAILED, TaskState.PAUSED})
 

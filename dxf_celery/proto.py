@@ -22,6 +22,8 @@ STEP_DONE = -2
 NORMAL_PRIORITY = 512
 MIN_PRIORITY = 1
 MAX_PRIORITY = 1024
+#: How many tasks a listing returns unless told otherwise (client API, CLI and storage alike).
+DEFAULT_LIST_LIMIT = 100
 
 #: At most this many tasks hold slots at once (DXF's MaxConcurrentTask).
 MAX_CONCURRENT_TASKS = 16

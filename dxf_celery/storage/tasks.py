@@ -10,6 +10,7 @@ from sqlalchemy import exc as sa_exc
 
 from dxf_celery.errors import InvalidTaskError, TaskAlreadyExistsError, TaskNotFoundError
 from dxf_celery.proto import (
+    DEFAULT_LIST_LIMIT,
     EMPTY_META,
     MAX_CONCURRENT_TASKS,
     NO_RESOURCE_TASK_STATES,
@@ -205,7 +206,11 @@ class TaskReads(StorageBase):
         return self._read(lambda conn: [task_base_from_row(r) for r in conn.execute(stmt)])
 
     def list_tasks(
-        self, states: Sequence[TaskState | str] | None = None, *, with_history: bool = True, limit: int = 1000
+        self,
+        states: Sequence[TaskState | str] | None = None,
+        *,
+        with_history: bool = True,
+        limit: int = DEFAULT_LIST_LIMIT,
     ) -> list[Task]:
         """Tasks (live first, then history) in rank order, optionally filtered by state."""
 

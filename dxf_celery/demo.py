@@ -255,7 +255,7 @@ def _run(opts: Options, workdir: Path, env: dict[str, str], procs: Processes, ou
     started_at = utcnow()
     for i in range(1, opts.nodes + 1):
         args = celery_command("worker", "-n", f"demo{i}@%h", "--pool", opts.pool, "--concurrency", str(opts.slots),
-                              "--loglevel", "WARNING", "--without-gossip", "--without-mingle")
+                              "--loglevel", "WARNING")
         procs.start(f"worker demo{i}", args, env, workdir / f"worker{i}.log")
     procs.start("beat", celery_command("beat", "--loglevel", "WARNING"), env, workdir / "beat.log")
     say(out, f"  started {opts.nodes} workers ({opts.pool} pool, {opts.slots} slots each) and beat; waiting for them")

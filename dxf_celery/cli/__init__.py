@@ -12,6 +12,7 @@ Exit codes: 0 ok; 1 the operation failed or the task did not succeed; 2 usage er
 
 from __future__ import annotations
 
+from dxf_celery.cli import dashboard as _dashboard  # noqa: F401  (registers `dxf dashboard`)
 from dxf_celery.cli.commands import dxf
 
 __all__ = ["dxf"]

@@ -9,26 +9,25 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable, Sequence
+from datetime import timedelta
 from typing import IO
 
 import click
-from celery import current_app
+from celery import Celery, current_app
 from celery.bin.base import CLIContext
 
-from dxf_celery import handle
 from dxf_celery.cli import render
 from dxf_celery.cli.runtime import Runtime, runtime, user_errors
 from dxf_celery.errors import TaskFailedError
-from dxf_celery.proto import MAX_PRIORITY, MIN_PRIORITY, NORMAL_PRIORITY, Task, TaskState
-from dxf_celery.storage import TaskManager, safe_url, utcnow
+from dxf_celery.proto import DEFAULT_LIST_LIMIT, MAX_PRIORITY, MIN_PRIORITY, NORMAL_PRIORITY, Task, TaskState
+from dxf_celery.storage import safe_url, utcnow
 from dxf_celery.storage.migrate import migrate as run_migrations
+from dxf_celery.storage.retention import purge_history
 
 EXIT_FAILED = 1
 EXIT_TIMEOUT = 3
 EXIT_PAUSED = 4
 
-#: ``list --limit`` when not given.
-LIST_LIMIT = 50
 #: Seconds between polls of ``submit --wait``.
 SUBMIT_WAIT_INTERVAL = 0.5
 
@@ -48,19 +47,20 @@ def _states(values: Sequence[str]) -> list[TaskState]:
 @click.pass_context
 def dxf(ctx: click.Context) -> None:
     """Manage dxf-celery tasks: list, inspect, submit, steer them, and migrate the tables."""
-    app = ctx.obj.app if isinstance(ctx.obj, CLIContext) else current_app
+    # celery's CLI hands its CLIContext; manage.py / flask hand the project's Celery app itself.
+    app = ctx.obj.app if isinstance(ctx.obj, CLIContext) else ctx.obj if isinstance(ctx.obj, Celery) else current_app
     ctx.obj = Runtime(app)
 
 
 @dxf.command(name="list")
 @click.option("--state", "states", multiple=True, help="Only tasks in this state (repeatable).")
-@click.option("--limit", default=LIST_LIMIT, show_default=True, type=click.IntRange(1, 100_000))
+@click.option("--limit", default=DEFAULT_LIST_LIMIT, show_default=True, type=click.IntRange(1, 100_000))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 @user_errors
 def list_command(ctx: click.Context, states: tuple[str, ...], limit: int, as_json: bool) -> None:
     """List tasks, live ones first, then finished ones from history."""
-    tasks = handle.list_tasks(runtime(ctx).task_manager, _states(states) or None, limit=limit)
+    tasks = runtime(ctx).list_tasks(_states(states) or None, limit=limit)
     click.echo(render.to_json([render.task_to_dict(t) for t in tasks]) if as_json else render.task_table(tasks))
 
 
@@ -74,8 +74,8 @@ def show(ctx: click.Context, key_or_id: str, subtasks: bool, as_json: bool) -> N
     """Show one task (by key or id) with its progress per step."""
     rt = runtime(ctx)
     task = rt.find_task(key_or_id)
-    progress = handle.get_task_progress(rt.task_manager, task.id)
-    subs = handle.get_subtasks(rt.task_manager, task.id) if subtasks else None
+    progress = rt.get_task_progress(task.id)
+    subs = rt.get_subtasks(task.id) if subtasks else None
     if as_json:
         click.echo(render.to_json(render.task_detail(task, progress, subs)))
         return
@@ -95,7 +95,7 @@ def progress(ctx: click.Context, key_or_id: str, as_json: bool) -> None:
     """Subtasks done per step and rows processed (from the subtask summaries)."""
     rt = runtime(ctx)
     task = rt.find_task(key_or_id)
-    prog = handle.get_task_progress(rt.task_manager, task.id)
+    prog = rt.get_task_progress(task.id)
     if as_json:
         click.echo(render.to_json(prog.to_dict()))
         return
@@ -112,12 +112,12 @@ def progress(ctx: click.Context, key_or_id: str, as_json: bool) -> None:
 def wait(ctx: click.Context, key_or_id: str, timeout: float | None, interval: float) -> None:
     """Wait until the task succeeds (exit 0), fails or reverts (1), or is paused (4)."""
     rt = runtime(ctx)
-    _wait_and_report(rt.task_manager, rt.find_task(key_or_id), timeout, interval)
+    _wait_and_report(rt, rt.find_task(key_or_id), timeout, interval)
 
 
-def _wait_and_report(tm: TaskManager, task: Task, timeout: float | None, interval: float) -> None:
+def _wait_and_report(rt: Runtime, task: Task, timeout: float | None, interval: float) -> None:
     try:
-        done = handle.wait_task(tm, task.id, timeout=timeout, raise_error=True, poll_interval=interval)
+        done = rt.wait_task(task.id, timeout=timeout, raise_error=True, poll_interval=interval)
     except TimeoutError as err:
         click.echo(f"timed out: {err}", err=True)
         sys.exit(EXIT_TIMEOUT)
@@ -166,8 +166,7 @@ def submit(
     except ValueError as err:
         raise click.BadParameter(f"the meta is not JSON: {err}", param_hint="--meta") from None
     rt = runtime(ctx)
-    task = handle.submit_task(
-        rt.task_manager,
+    task = rt.submit_task(
         key,
         task_type,
         meta=raw,
@@ -176,13 +175,12 @@ def submit(
         target_scope=target_scope,
         max_node_count=max_node_count,
     )
-    rt.wake("submit")
     click.echo(f"submitted task {task.id} ({task.key}), type {task.type}")
     if wait_:
-        _wait_and_report(rt.task_manager, task, timeout, SUBMIT_WAIT_INTERVAL)
+        _wait_and_report(rt, task, timeout, SUBMIT_WAIT_INTERVAL)
 
 
-def _steer(verb: str, request: Callable[[TaskManager, int], bool], allowed: str) -> click.Command:
+def _steer(verb: str, request: Callable[[Runtime, int], bool], allowed: str) -> click.Command:
     """A command that asks for one state change and says why it was refused."""
 
     @click.argument("key_or_id")
@@ -191,19 +189,18 @@ def _steer(verb: str, request: Callable[[TaskManager, int], bool], allowed: str)
     def command(ctx: click.Context, key_or_id: str) -> None:
         rt = runtime(ctx)
         task = rt.find_task(key_or_id)
-        if not request(rt.task_manager, task.id):
-            current = handle.get_task(rt.task_manager, task.id).state.value
+        if not request(rt, task.id):
+            current = rt.get_task(task.id).state.value
             raise click.ClickException(f"cannot {verb} task {task.id} ({task.key}): it is {current}; {allowed}")
-        rt.wake(verb)
         click.echo(f"{verb} requested for task {task.id} ({task.key})")
 
     return dxf.command(name=verb, help=f"Ask to {verb} a task (by key or id); {allowed}.")(command)
 
 
-_steer("cancel", handle.cancel_task, "only pending, running or awaiting-resolution tasks")
-_steer("pause", handle.pause_task, "only pending or running tasks")
-_steer("resume", handle.resume_task, "only paused tasks")
-_steer("resolve", handle.resolve_task, "only awaiting-resolution tasks; fix the cause first")
+_steer("cancel", Runtime.cancel_task, "only pending, running or awaiting-resolution tasks")
+_steer("pause", Runtime.pause_task, "only pending or running tasks")
+_steer("resume", Runtime.resume_task, "only paused tasks")
+_steer("resolve", Runtime.resolve_task, "only awaiting-resolution tasks; fix the cause first")
 
 
 @dxf.command()
@@ -218,8 +215,7 @@ def modify(ctx: click.Context, key_or_id: str, concurrency: int | None, max_node
         raise click.UsageError("nothing to modify: pass --concurrency and/or --max-node-count")
     rt = runtime(ctx)
     task = rt.find_task(key_or_id)
-    handle.modify_task(rt.task_manager, task.id, concurrency=concurrency, max_node_count=max_node_count)
-    rt.wake("modify")
+    rt.modify_task(task.id, concurrency=concurrency, max_node_count=max_node_count)
     click.echo(f"modification requested for task {task.id} ({task.key})")
 
 
@@ -236,6 +232,17 @@ def nodes(ctx: click.Context, as_json: bool) -> None:
         click.echo(render.to_json([render.node_to_dict(n, used.get(n.id, 0)) for n in all_nodes]))
         return
     click.echo(render.node_table(all_nodes, used, utcnow()))
+
+
+@dxf.command()
+@click.option("--older-than", "days", type=click.FloatRange(min=0), required=True, metavar="DAYS",
+              help="Delete finished tasks (and their subtasks) that ended more than DAYS days ago.")
+@click.pass_context
+@user_errors
+def purge(ctx: click.Context, days: float) -> None:
+    """Delete finished tasks older than DAYS from the history tables (live tasks are never touched)."""
+    result = purge_history(runtime(ctx).task_manager, timedelta(days=days))
+    click.echo(f"purged {result.tasks} finished tasks and {result.subtasks} subtasks older than {days:g} days")
 
 
 @dxf.command()

@@ -16,8 +16,8 @@ import click
 from celery import Celery
 from sqlalchemy import exc as sa_exc
 
-from dxf_celery import handle
 from dxf_celery.app import DXF
+from dxf_celery.client import TaskClient
 from dxf_celery.errors import DXFError, TaskNotFoundError
 from dxf_celery.proto import Task
 from dxf_celery.settings import DXFSettings
@@ -30,8 +30,13 @@ R = TypeVar("R")
 DATABASE_URL_KEYS = ("dxf_database_url", "DXF_DATABASE_URL", "CELERY_DXF_DATABASE_URL")
 
 
-class Runtime:
-    """The Celery app of the command line and, lazily, its settings and TaskManager."""
+class Runtime(TaskClient):
+    """The Celery app of the command line and, lazily, its settings and TaskManager.
+
+    It is a :class:`~dxf_celery.client.TaskClient`, so every command calls the same client
+    methods as ``DXF`` and ``LocalCluster``; an accepted write wakes a worker when the app has
+    DXF attached (with only ``dxf_database_url`` set, beat's next tick picks it up).
+    """
 
     def __init__(self, app: Celery) -> None:
         self.app = app
@@ -65,21 +70,28 @@ class Runtime:
             self._tm = self.dxf.task_manager if self.dxf is not None else TaskManager(self.database_url)
         return self._tm
 
-    def wake(self, reason: str) -> None:
+    def _wake(self, reason: str) -> None:
         """Ask a worker for a scheduler pass now (latency only; beat's tick comes anyway)."""
         if self.dxf is not None:
             self.dxf.state.send_wakeup(reason)
 
+    @property
+    def node_ttl(self) -> float | None:
+        """Seconds after which a silent node counts as dead, when the app's settings say."""
+        try:
+            return self.settings.node_ttl
+        except click.ClickException:
+            return None
+
     def find_task(self, key_or_id: str) -> Task:
         """A task by key, or by id when the argument is a number that is not also a key."""
-        tm = self.task_manager
         if key_or_id.isdigit():
             try:
-                return handle.get_task(tm, int(key_or_id))
+                return self.get_task(int(key_or_id))
             except TaskNotFoundError:
                 pass
         try:
-            return handle.get_task(tm, key_or_id)
+            return self.get_task(key_or_id)
         except TaskNotFoundError:
             raise TaskNotFoundError(f"no task with key or id {key_or_id!r} (see `celery dxf list`)") from None
 

@@ -1,4 +1,4 @@
-"""``flask dxf ...``: the ``celery dxf`` commands on the Flask app's Celery app, plus ``purge``.
+"""``flask dxf ...``: the ``celery dxf`` commands on the Flask app's Celery app.
 
     from dxf_celery.contrib.flask_cli import dxf_cli
     app.cli.add_command(dxf_cli)          # in the app factory, after DXFFlask(app)
@@ -9,15 +9,12 @@ output; the Celery app is the one behind ``app.extensions["dxf"]``, so no ``-A``
 
 from __future__ import annotations
 
-from datetime import timedelta
-from types import SimpleNamespace
 from typing import Any
 
 import click
 from flask.cli import AppGroup, ScriptInfo
 
 from dxf_celery.cli import dxf as celery_dxf
-from dxf_celery.errors import DXFError
 from dxf_celery.settings import DXFConfigError
 
 
@@ -37,31 +34,13 @@ def _flask_dxf(ctx: click.Context) -> Any:
 
 @click.pass_context
 def _group(ctx: click.Context) -> None:
-    """Manage dxf-celery tasks of this Flask app (the commands of `celery dxf`, plus purge)."""
+    """Manage dxf-celery tasks of this Flask app (the commands of `celery dxf`)."""
     dxf = _flask_dxf(ctx)
-    ctx.obj = SimpleNamespace(app=dxf.app, dxf=dxf)
+    ctx.obj = dxf.app
     if celery_dxf.callback is not None:
         ctx.invoke(celery_dxf.callback)  # the celery group's own setup (its runtime object)
 
 
-@click.command("purge")
-@click.option("--older-than", "days", type=click.FloatRange(min=0), required=True, metavar="DAYS",
-              help="Delete finished tasks (and their subtasks) that ended more than DAYS days ago.")
-@click.pass_context
-def purge_command(ctx: click.Context, days: float) -> None:
-    """Delete finished tasks older than DAYS from the history tables."""
-    from dxf_celery.storage.retention import purge_history
-
-    dxf = _flask_dxf(ctx)
-    try:
-        result = purge_history(dxf.task_manager, timedelta(days=days))
-    except DXFError as err:
-        raise click.ClickException(str(err)) from None
-    click.echo(f"purged {result.tasks} finished tasks and {result.subtasks} subtasks older than {days:g} days")
-
-
 dxf_cli = AppGroup("dxf", help=_group.__doc__, callback=_group, commands=dict(celery_dxf.commands))
-if "purge" not in dxf_cli.commands:
-    dxf_cli.add_command(purge_command)
 
 __all__ = ["dxf_cli"]

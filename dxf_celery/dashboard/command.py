@@ -1,7 +1,7 @@
-"""The ``dashboard`` command: for the ``celery dxf`` group, and standalone (``python -m dxf_celery.dashboard``).
+"""Serving the dashboard: ``serve`` for ``celery dxf dashboard``, and ``python -m dxf_celery.dashboard``.
 
-The group command finds the TaskManager on the group's context object (``ctx.obj``, which
-has ``task_manager``, ``app`` and ``wake``), so it needs no import from the CLI package.
+The ``celery dxf`` command itself lives with the other commands (:mod:`dxf_celery.cli.dashboard`);
+this module holds what both share (the options, the server loop) and the standalone command.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
 
 
-def _options(fn: Callable[..., Any]) -> Callable[..., Any]:
+def dashboard_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     fn = click.option("--host", default=DEFAULT_HOST, show_default=True,
                       help="Address to listen on; beyond loopback a --token is required.")(fn)
     fn = click.option("--port", default=DEFAULT_PORT, show_default=True, type=click.IntRange(0, 65535),
@@ -69,8 +69,11 @@ def serve(
         dash.close()
 
 
-def _run(tm: TaskManager, host: str, port: int, enable_actions: bool, token: str | None,
-         node_ttl: float | None, wake: Callable[[str], None] | None) -> None:
+def run_dashboard(
+    tm: TaskManager, host: str, port: int, enable_actions: bool, token: str | None,
+    node_ttl: float | None, wake: Callable[[str], None] | None,
+) -> None:
+    """:func:`serve`, with its errors turned into one-line CLI errors."""
     try:
         serve(tm, host=host, port=port, actions=enable_actions, token=token, node_ttl=node_ttl, wake=wake)
     except DXFError as err:
@@ -79,37 +82,10 @@ def _run(tm: TaskManager, host: str, port: int, enable_actions: bool, token: str
         raise click.ClickException(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
 
 
-@click.command(name="dashboard")
-@_options
-@click.pass_context
-def dashboard(ctx: click.Context, host: str, port: int, enable_actions: bool, token: str | None) -> None:
-    """Serve the live dashboard (tasks, task, nodes pages; JSON API; /metrics) from the dxf database."""
-    from dxf_celery.dashboard.server import check_bind
-
-    try:
-        check_bind(host, token)  # before touching the database: a refusal is one line, at once
-    except DXFError as err:
-        raise click.ClickException(str(err)) from None
-    runtime = ctx.obj
-    tm = getattr(runtime, "task_manager", None)
-    if not isinstance(tm, TaskManager):
-        raise click.ClickException("no dxf database: run it as `celery -A proj dxf dashboard`")
-    node_ttl: float | None = None
-    app = getattr(runtime, "app", None)
-    state = getattr(app, "dxf_state", None)
-    if state is not None:
-        try:
-            node_ttl = float(state.settings.node_ttl)
-        except Exception:  # settings errors are the workers' business; the page only loses "alive"
-            node_ttl = None
-    wake = getattr(runtime, "wake", None)
-    _run(tm, host, port, enable_actions, token, node_ttl, wake if callable(wake) else None)
-
-
 @click.command(name="dxf-dashboard")
 @click.option("--database-url", envvar="DXF_DATABASE_URL", required=True, help="SQLAlchemy URL of the dxf tables.")
 @click.option("--node-ttl", type=float, default=None, help="Seconds after which a silent node shows as dead.")
-@_options
+@dashboard_options
 def main(database_url: str, node_ttl: float | None, host: str, port: int, enable_actions: bool,
          token: str | None) -> None:
     """Serve the dashboard for a database without a Celery app (actions then need no broker)."""
@@ -121,9 +97,9 @@ def main(database_url: str, node_ttl: float | None, host: str, port: int, enable
         raise click.ClickException(str(err)) from None
     tm = TaskManager(database_url)
     try:
-        _run(tm, host, port, enable_actions, token, node_ttl, None)
+        run_dashboard(tm, host, port, enable_actions, token, node_ttl, None)
     finally:
         tm.dispose()
 
 
-__all__ = ["dashboard", "main", "serve"]
+__all__ = ["dashboard_options", "main", "run_dashboard", "serve"]

@@ -272,3 +272,17 @@ def test_cli_drives_real_workers(tmp_path: Path) -> None:
     finally:
         procs.close()
         tm.dispose()
+
+
+def test_purge_deletes_old_history_only(app: Celery, task_manager: TaskManager) -> None:
+    done = handle.submit_task(task_manager, "old-1", "noop")
+    live = handle.submit_task(task_manager, "live-1", "noop")
+    assert task_manager.fail(done.id, TaskState.PENDING, None)
+    assert task_manager.transfer_tasks_to_history([task_manager.get_task_by_id(done.id)]) == 1
+    kept = run(app, "purge", "--older-than", "1")
+    assert kept.exit_code == 0 and "purged 0 finished tasks" in kept.output, kept.output
+    purged = run(app, "purge", "--older-than", "0")
+    assert purged.exit_code == 0 and "purged 1 finished tasks" in purged.output, purged.output
+    assert [t.key for t in handle.list_tasks(task_manager)] == [live.key]
+    bad = run(app, "purge", "--older-than", "-1")
+    assert bad.exit_code == 2 and "-1" in bad.output

@@ -13,7 +13,8 @@ from helpers.paths import REPO_ROOT
 from helpers.storage import force_subtask, running_task
 from prometheus_client.parser import text_string_to_metric_families
 
-from dxf_celery.dashboard.command import dashboard, main
+from dxf_celery.cli.dashboard import dashboard
+from dxf_celery.dashboard.command import main
 from dxf_celery.dashboard.server import check_bind, is_loopback
 from dxf_celery.proto import SubtaskState, TaskState
 from dxf_celery.storage import TaskManager

@@ -28,10 +28,6 @@ pytestmark = pytest.mark.slow
 ROOT = REPO_ROOT
 CHILD = (
     "import sys\n"
-    "from dxf_celery.cli import dxf\n"
-    "from dxf_celery.dashboard.command import dashboard\n"
-    "if 'dashboard' not in dxf.commands:\n"
-    "    dxf.add_command(dashboard)\n"
     "from celery.__main__ import main\n"
     "sys.argv = ['celery', '-A', 'helpers.celery_apps.dxf_app', 'dxf', 'dashboard', *sys.argv[1:]]\n"
     "main()\n"

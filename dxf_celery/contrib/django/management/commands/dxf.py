@@ -1,21 +1,18 @@
-"""``manage.py dxf ...``: the ``celery dxf`` commands for Django users, with ``migrate`` and ``purge``.
+"""``manage.py dxf ...``: the ``celery dxf`` commands for Django users, with Django's own ``migrate``.
 
 Every ``celery dxf`` verb (``list``, ``show``, ``progress``, ``wait``, ``submit``, ``cancel``,
-``pause``, ``resume``, ``resolve``, ``modify``, ``nodes``) runs the same click command on the
-project's Celery app (found through :func:`get_dxf`, so no ``-A``); its options and output are
-those of docs/cli.md. Two verbs are Django's own:
+``pause``, ``resume``, ``resolve``, ``modify``, ``nodes``, ``purge``) runs the same click command
+on the project's Celery app (found through :func:`get_dxf`, so no ``-A``); its options and
+output are those of docs/cli.md. One verb is Django's own:
 
 - ``migrate``: when the DXF tables live in a ``DATABASES`` entry this is ``manage.py migrate
   dxf_celery`` (Django records what it applied); otherwise the Alembic upgrade of
-  ``celery dxf migrate`` on DXF's own database;
-- ``purge --older-than DAYS``: delete finished tasks and their subtasks from history.
+  ``celery dxf migrate`` on DXF's own database.
 """
 
 from __future__ import annotations
 
 import argparse
-from datetime import timedelta
-from types import SimpleNamespace
 from typing import Any
 
 from django.core.management import call_command
@@ -42,8 +39,6 @@ class Command(BaseCommand):  # type: ignore[misc]  # Django ships no type hints
         try:
             if verb == "migrate":
                 self._migrate(words[1:], options)
-            elif verb == "purge":
-                self._purge(words[1:])
             else:
                 self._celery_dxf(words)
         except (DXFError, DXFConfigError) as err:
@@ -58,7 +53,7 @@ class Command(BaseCommand):  # type: ignore[misc]  # Django ships no type hints
         app = get_dxf().app
         try:
             code = celery_dxf.main(args=words or ["--help"], prog_name="manage.py dxf", standalone_mode=False,
-                                   obj=SimpleNamespace(app=app))
+                                   obj=app)
         except click.exceptions.Abort:
             raise CommandError("aborted") from None
         except click.ClickException as err:
@@ -84,16 +79,3 @@ class Command(BaseCommand):  # type: ignore[misc]  # Django ships no type hints
         migrate(dxf.settings.database_url, ns.revision)
         self.stdout.write(f"dxf tables at revision {ns.revision} in {dxf.task_manager.url}")
 
-    def _purge(self, words: list[str]) -> None:
-        from dxf_celery.storage.retention import purge_history
-
-        parser = argparse.ArgumentParser(prog="manage.py dxf purge")
-        parser.add_argument("--older-than", type=float, required=True, metavar="DAYS",
-                            help="finished more than DAYS days ago (fractions allowed)")
-        ns = parser.parse_args(words)
-        if ns.older_than < 0:
-            raise CommandError("dxf purge: --older-than must be >= 0 days")
-        result = purge_history(get_dxf().task_manager, timedelta(days=ns.older_than))
-        self.stdout.write(
-            f"purged {result.tasks} finished tasks and {result.subtasks} subtasks older than {ns.older_than:g} days"
-        )

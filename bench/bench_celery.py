@@ -139,8 +139,15 @@ class Processes:
         env["PYTHONPATH"] = str(Path(__file__).resolve().parent) + os.pathsep + env.get("PYTHONPATH", "")
         celery = str(Path(sys.executable).with_name("celery"))
         with open(self.tmp / f"{name}.log", "wb") as out:
-            self.procs.append(subprocess.Popen([celery, "-A", "bench_celery", *args], stdout=out,
-                                               stderr=subprocess.STDOUT, env=env, start_new_session=True))
+            self.procs.append(
+                subprocess.Popen(
+                    [celery, "-A", "bench_celery", *args],
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    start_new_session=True,
+                )
+            )
 
     def close(self) -> None:
         for proc in self.procs:
@@ -183,8 +190,10 @@ def bench_raw_celery(n: int) -> float:
 def bench_dxf_throughput(tasks: int, subtasks: int, run: str) -> tuple[float, float]:
     tm = dxf.task_manager
     start = time.monotonic()
-    submitted = [dxf.submit_task(f"{run}-tp-{i}", TASK_TYPE, meta=json.dumps({"subtasks": subtasks}).encode())
-                 for i in range(tasks)]
+    submitted = [
+        dxf.submit_task(f"{run}-tp-{i}", TASK_TYPE, meta=json.dumps({"subtasks": subtasks}).encode())
+        for i in range(tasks)
+    ]
     for task in submitted:
         final = dxf.wait_task(task.id, timeout=1800, poll_interval=0.02)
         assert final.state == TaskState.SUCCEED, final
@@ -202,8 +211,9 @@ def bench_dxf_latency(count: int, record: Path, run: str) -> list[float]:
     latencies = []
     for i in range(count):
         start = time.monotonic()
-        task = dxf.submit_task(f"{run}-lat-{i}", TASK_TYPE, meta=json.dumps({"subtasks": 1, "record": str(record)})
-                               .encode())
+        task = dxf.submit_task(
+            f"{run}-lat-{i}", TASK_TYPE, meta=json.dumps({"subtasks": 1, "record": str(record)}).encode()
+        )
 
         def started(task_id: int = task.id) -> bool:
             return record.exists() and any(line.split()[0] == str(task_id) for line in record.read_text().splitlines())
@@ -242,14 +252,15 @@ def main(argv: list[str] | None = None) -> int:
     run = str(int(time.time()))
     try:
         for name in ("b1@bench", "b2@bench"):
-            procs.spawn(name, ["worker", "-n", name, "-P", "prefork", "-c", str(args.concurrency),
-                               "-l", "warning"])
+            procs.spawn(name, ["worker", "-n", name, "-P", "prefork", "-c", str(args.concurrency), "-l", "warning"])
         procs.spawn("beat", ["beat", "-s", str(tmp / "beat-schedule"), "-l", "warning"])
         _wait(lambda: len(dxf.task_manager.get_all_nodes()) >= 2, 120, "both nodes to register", interval=0.1)
         settings = dxf.settings
-        print(f"broker {args.broker} | db {dxf.task_manager.url} | 2 nodes x prefork -c {args.concurrency}"
-              f" (slots {args.concurrency}) | task_check {settings.task_check_interval}s,"
-              f" scheduler {settings.scheduler_interval}s")
+        print(
+            f"broker {args.broker} | db {dxf.task_manager.url} | 2 nodes x prefork -c {args.concurrency}"
+            f" (slots {args.concurrency}) | task_check {settings.task_check_interval}s,"
+            f" scheduler {settings.scheduler_interval}s"
+        )
         raw = bench_raw_celery(args.raw_tasks)
         dxf_e2e, dxf_busy = bench_dxf_throughput(args.dxf_tasks, args.subtasks, run)
         raw_again = bench_raw_celery(args.raw_tasks)
@@ -261,8 +272,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ratio DXF/raw (submit->done)     : {dxf_e2e / raw_mean:8.3f}")
         print(f"ratio DXF/raw (first->last)      : {dxf_busy / raw_mean:8.3f}")
         lat = sorted(latencies)
-        print(f"submit -> first subtask running  : median {lat[len(lat) // 2] * 1000:.0f} ms, "
-              f"min {lat[0] * 1000:.0f} ms, max {lat[-1] * 1000:.0f} ms ({len(lat)} samples)")
+        print(
+            f"submit -> first subtask running  : median {lat[len(lat) // 2] * 1000:.0f} ms, "
+            f"min {lat[0] * 1000:.0f} ms, max {lat[-1] * 1000:.0f} ms ({len(lat)} samples)"
+        )
     finally:
         procs.close()
         dxf.state.dispose()

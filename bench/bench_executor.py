@@ -47,9 +47,7 @@ def bench(url: str, n: int) -> float:
         tm.init_meta(exec_id, "", 4)
         task_id = tm.create_task(f"bench-{time.time_ns()}", "bench", 1)
         task = tm.get_task_by_id(task_id)
-        subtasks = [
-            Subtask(0, task_id, 1, "bench", SubtaskState.PENDING, exec_id, i + 1, meta=b"{}") for i in range(n)
-        ]
+        subtasks = [Subtask(0, task_id, 1, "bench", SubtaskState.PENDING, exec_id, i + 1, meta=b"{}") for i in range(n)]
         assert tm.switch_task_step(task, TaskState.RUNNING, 1, subtasks)
         task = tm.get_task_by_id(task_id)
         # Production helper periods; only the poll pause is tiny and one empty poll ends the run.

@@ -69,9 +69,7 @@ def register(n: int) -> None:
     scheduler.register_scheduler_factory(
         BENCH_TYPE, lambda ctx, task, param: BaseScheduler(ctx, task, param, _SchedExt(n))
     )
-    taskexecutor.register_task_type(
-        BENCH_TYPE, lambda ctx, task, param: BaseTaskExecutor(ctx, task, param, _ExecExt())
-    )
+    taskexecutor.register_task_type(BENCH_TYPE, lambda ctx, task, param: BaseTaskExecutor(ctx, task, param, _ExecExt()))
 
 
 def fresh_url(kind: str, tmp: Path, pg_url: str, pg_db: str, name: str) -> str:

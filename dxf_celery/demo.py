@@ -61,18 +61,25 @@ def parse_args(argv: Sequence[str] | None) -> Options:
     p.add_argument("--nodes", type=int, default=2, help="worker node processes (default 2)")
     p.add_argument("--slots", type=int, default=2, help="slots (and pool processes) per node (default 2)")
     p.add_argument("--pool", default="prefork", choices=("prefork", "threads", "solo"), help="Celery pool")
-    p.add_argument("--broker", default=os.environ.get("DXF_DEMO_BROKER"),
-                   help="broker URL (env DXF_DEMO_BROKER; default: filesystem:// in the work folder)")
-    p.add_argument("--database", default=os.environ.get("DXF_DEMO_DATABASE"),
-                   help="dxf database URL (env DXF_DEMO_DATABASE; default: SQLite in the work folder)")
+    p.add_argument(
+        "--broker",
+        default=os.environ.get("DXF_DEMO_BROKER"),
+        help="broker URL (env DXF_DEMO_BROKER; default: filesystem:// in the work folder)",
+    )
+    p.add_argument(
+        "--database",
+        default=os.environ.get("DXF_DEMO_DATABASE"),
+        help="dxf database URL (env DXF_DEMO_DATABASE; default: SQLite in the work folder)",
+    )
     p.add_argument("--dir", type=Path, default=None, help="work folder (default: a new temporary folder)")
     p.add_argument("--keep", action="store_true", help="keep the work folder (CSV, logs, SQLite) afterwards")
     p.add_argument("--timeout", type=float, default=600.0, help="give up after this many seconds")
     a = p.parse_args(argv)
     if a.rows < 1 or a.chunk_rows < 1 or a.nodes < 1 or a.slots < 1:
         p.error("--rows, --chunk-rows, --nodes and --slots must be >= 1")
-    return Options(a.rows, a.chunk_rows, a.nodes, a.slots, a.pool, a.broker or None, a.database or None, a.dir,
-                   a.keep, a.timeout)
+    return Options(
+        a.rows, a.chunk_rows, a.nodes, a.slots, a.pool, a.broker or None, a.database or None, a.dir, a.keep, a.timeout
+    )
 
 
 # ---------------------------------------------------------------------------- processes
@@ -94,8 +101,9 @@ class Processes:
     def start(self, name: str, args: list[str], env: dict[str, str], log: Path) -> Child:
         with log.open("wb") as out:
             # Own session: a straggler's whole group (its pool children) can be killed at the end.
-            proc = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    start_new_session=True)
+            proc = subprocess.Popen(
+                args, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            )
         child = Child(name, proc, log)
         self.children.append(child)
         return child
@@ -221,8 +229,11 @@ def run(opts: Options, out: TextIO = sys.stdout) -> int:
         if own_dir and not opts.keep:
             shutil.rmtree(workdir, ignore_errors=True)
         elif opts.keep:
-            say(out, f"work folder kept: {workdir} (CSV, worker and beat logs"
-                     f"{', SQLite database' if not opts.database else ''})")
+            say(
+                out,
+                f"work folder kept: {workdir} (CSV, worker and beat logs"
+                f"{', SQLite database' if not opts.database else ''})",
+            )
             db = " DXF_DEMO_DATABASE=<your --database>" if opts.database else ""  # never print a password
             say(out, f"  look around: DXF_DEMO_DIR={workdir}{db} celery -A {APP_MODULE} dxf list")
     return code
@@ -254,8 +265,17 @@ def _run(opts: Options, workdir: Path, env: dict[str, str], procs: Processes, ou
 
     started_at = utcnow()
     for i in range(1, opts.nodes + 1):
-        args = celery_command("worker", "-n", f"demo{i}@%h", "--pool", opts.pool, "--concurrency", str(opts.slots),
-                              "--loglevel", "WARNING")
+        args = celery_command(
+            "worker",
+            "-n",
+            f"demo{i}@%h",
+            "--pool",
+            opts.pool,
+            "--concurrency",
+            str(opts.slots),
+            "--loglevel",
+            "WARNING",
+        )
         procs.start(f"worker demo{i}", args, env, workdir / f"worker{i}.log")
     procs.start("beat", celery_command("beat", "--loglevel", "WARNING"), env, workdir / "beat.log")
     say(out, f"  started {opts.nodes} workers ({opts.pool} pool, {opts.slots} slots each) and beat; waiting for them")
@@ -318,8 +338,11 @@ def _run(opts: Options, workdir: Path, env: dict[str, str], procs: Processes, ou
     in_table = csvtable.count_task_rows(tm.read_engine, table, task.id)
     ok = result == expected and in_table == expected.rows
     say(out, "summary")
-    say(out, f"  task        {task.id} ({key}) {final.state.value} in {elapsed:.1f}s "
-             f"(whole demo {time.monotonic() - t0:.1f}s)")
+    say(
+        out,
+        f"  task        {task.id} ({key}) {final.state.value} in {elapsed:.1f}s "
+        f"(whole demo {time.monotonic() - t0:.1f}s)",
+    )
     speed = in_table / elapsed if elapsed > 0 else 0.0
     say(out, f"  rows        {in_table:,} in table {TABLE!r} (CSV: {expected.rows:,}), {speed:,.0f} rows/s")
     say(out, f"  checksum    {result.checksum_hex} (CSV: {expected.checksum_hex}) -> {'ok' if ok else 'MISMATCH'}")

@@ -93,8 +93,9 @@ class SQLCollector(Collector):
         slots = GaugeMetricFamily("dxf_node_slots", "Slots of each registered node.", labels=["node", "role"])
         slots_used = GaugeMetricFamily("dxf_node_slots_used", "Slots taken by active subtasks.", labels=["node"])
         execs = GaugeMetricFamily("dxf_node_executors", "Tasks with active subtasks on the node.", labels=["node"])
-        age = GaugeMetricFamily("dxf_node_heartbeat_age_seconds", "Seconds since the node's heartbeat.",
-                                labels=["node"])
+        age = GaugeMetricFamily(
+            "dxf_node_heartbeat_age_seconds", "Seconds since the node's heartbeat.", labels=["node"]
+        )
         for node in tm.get_all_nodes():
             slots.add_metric([node.id, node.role], node.cpu_count)
             slots_used.add_metric([node.id], used.get(node.id, 0))
@@ -103,8 +104,9 @@ class SQLCollector(Collector):
                 age.add_metric([node.id], max(0.0, (now - node.heartbeat).total_seconds()))
         yield from (slots, slots_used, execs, age)
 
-        holder = GaugeMetricFamily("dxf_lease_holder", "1 for the owner of each unexpired lease.",
-                                   labels=["lease", "owner"])
+        holder = GaugeMetricFamily(
+            "dxf_lease_holder", "1 for the owner of each unexpired lease.", labels=["lease", "owner"]
+        )
         for name, (owner, expires) in sorted(reads.lease_holders(tm).items()):
             if expires >= now:
                 holder.add_metric([name, owner], 1)
@@ -140,13 +142,21 @@ class WorkerMetrics:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(SQLCollector(tm))
         self.passes = Histogram(
-            "dxf_scheduler_pass_seconds", "Duration of scheduler passes run by this worker.", ["node"],
-            registry=self.registry, buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            "dxf_scheduler_pass_seconds",
+            "Duration of scheduler passes run by this worker.",
+            ["node"],
+            registry=self.registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
-        self.lease = Gauge("dxf_scheduler_lease_held", "1 while this worker's node holds the scheduler lease.",
-                           ["node"], registry=self.registry)
-        self.retries = Counter("dxf_sql_retries", "SQL calls retried after a transient error in this process.",
-                               registry=self.registry)
+        self.lease = Gauge(
+            "dxf_scheduler_lease_held",
+            "1 while this worker's node holds the scheduler lease.",
+            ["node"],
+            registry=self.registry,
+        )
+        self.retries = Counter(
+            "dxf_sql_retries", "SQL calls retried after a transient error in this process.", registry=self.registry
+        )
         self._handler = _RetryCounter(self.retries)
         logging.getLogger("dxf_celery.retry").addHandler(self._handler)
 
@@ -190,8 +200,12 @@ def start_worker_metrics(state: DXFState, runtime: NodeRuntime) -> WorkerMetrics
                 start_http_server(port, addr=settings.metrics_host, registry=metrics.registry)
             except OSError as err:
                 metrics.close()
-                logger.warning("DXF metrics: cannot listen on %s:%d (%s); no worker metrics endpoint",
-                               settings.metrics_host, port, err)
+                logger.warning(
+                    "DXF metrics: cannot listen on %s:%d (%s); no worker metrics endpoint",
+                    settings.metrics_host,
+                    port,
+                    err,
+                )
                 return None
             logger.info("DXF metrics on http://%s:%d/metrics", settings.metrics_host, port)
             _worker_metrics = metrics

@@ -123,9 +123,19 @@ class DXFSettings:
         if not self.database_url:
             raise DXFConfigError("dxf_database_url is empty: set it to a SQLAlchemy URL, e.g. sqlite:///dxf.db")
         positive = (
-            "task_check_interval", "subtask_check_interval", "max_subtask_check_interval", "watch_task_interval",
-            "heartbeat_interval", "scheduler_interval", "balance_interval", "node_ttl", "lease_ttl",
-            "cancel_grace", "launch_timeout", "progress_event_interval", "database_connect_interval",
+            "task_check_interval",
+            "subtask_check_interval",
+            "max_subtask_check_interval",
+            "watch_task_interval",
+            "heartbeat_interval",
+            "scheduler_interval",
+            "balance_interval",
+            "node_ttl",
+            "lease_ttl",
+            "cancel_grace",
+            "launch_timeout",
+            "progress_event_interval",
+            "database_connect_interval",
         )
         for name in positive:
             if getattr(self, name) <= 0:
@@ -160,8 +170,7 @@ class DXFSettings:
         The node name is escaped injectively to ``[A-Za-z0-9.-_]`` (``w1@host`` becomes
         ``w1_40host``): some transports (``filesystem://``) refuse other characters.
         """
-        safe = "".join(ch if (ch.isascii() and (ch.isalnum() or ch in ".-")) else f"_{ord(ch):02x}"
-                       for ch in nodename)
+        safe = "".join(ch if (ch.isascii() and (ch.isalnum() or ch in ".-")) else f"_{ord(ch):02x}" for ch in nodename)
         return f"{self.queue_prefix}{safe}"
 
 

@@ -136,8 +136,13 @@ def _wait_and_report(rt: Runtime, task: Task, timeout: float | None, interval: f
 @click.option("--meta", default=None, help="Task meta as JSON text.")
 @click.option("--meta-file", type=click.File("rb"), default=None, help="Read the task meta from a file ('-': stdin).")
 @click.option("--concurrency", type=click.IntRange(1), default=1, show_default=True, help="Slots per node.")
-@click.option("--priority", type=click.IntRange(MIN_PRIORITY, MAX_PRIORITY), default=NORMAL_PRIORITY,
-              show_default=True, help="Smaller runs first.")
+@click.option(
+    "--priority",
+    type=click.IntRange(MIN_PRIORITY, MAX_PRIORITY),
+    default=NORMAL_PRIORITY,
+    show_default=True,
+    help="Smaller runs first.",
+)
 @click.option("--target-scope", default="", help="Run only on nodes with this role.")
 @click.option("--max-node-count", type=click.IntRange(0), default=0, help="At most this many nodes (0: no limit).")
 @click.option("--wait", "wait_", is_flag=True, help="Wait for the task to finish (exit codes as for `wait`).")
@@ -235,8 +240,14 @@ def nodes(ctx: click.Context, as_json: bool) -> None:
 
 
 @dxf.command()
-@click.option("--older-than", "days", type=click.FloatRange(min=0), required=True, metavar="DAYS",
-              help="Delete finished tasks (and their subtasks) that ended more than DAYS days ago.")
+@click.option(
+    "--older-than",
+    "days",
+    type=click.FloatRange(min=0),
+    required=True,
+    metavar="DAYS",
+    help="Delete finished tasks (and their subtasks) that ended more than DAYS days ago.",
+)
 @click.pass_context
 @user_errors
 def purge(ctx: click.Context, days: float) -> None:

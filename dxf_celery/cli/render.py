@@ -96,8 +96,13 @@ def subtask_to_dict(s: Subtask) -> dict[str, Any]:
 
 
 def node_to_dict(node: ManagedNode, used: int) -> dict[str, Any]:
-    return {"id": node.id, "role": node.role, "slots": node.cpu_count, "used_slots": used,
-            "heartbeat": _iso(node.heartbeat)}
+    return {
+        "id": node.id,
+        "role": node.role,
+        "slots": node.cpu_count,
+        "used_slots": used,
+        "heartbeat": _iso(node.heartbeat),
+    }
 
 
 def task_detail(task: Task, progress: TaskProgress, subtasks: Sequence[Subtask] | None) -> dict[str, Any]:

@@ -24,20 +24,40 @@ DEFAULT_PORT = 8765
 
 
 def dashboard_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    fn = click.option("--host", default=DEFAULT_HOST, show_default=True,
-                      help="Address to listen on; beyond loopback a --token is required.")(fn)
-    fn = click.option("--port", default=DEFAULT_PORT, show_default=True, type=click.IntRange(0, 65535),
-                      help="TCP port (0 picks a free one).")(fn)
-    fn = click.option("--enable-actions", is_flag=True,
-                      help="Show the cancel/pause/resume/modify buttons and accept their requests.")(fn)
-    fn = click.option("--token", envvar="DXF_DASHBOARD_TOKEN", default=None,
-                      help="Require this token (Bearer header, basic-auth password, or ?token= once).")(fn)
+    fn = click.option(
+        "--host",
+        default=DEFAULT_HOST,
+        show_default=True,
+        help="Address to listen on; beyond loopback a --token is required.",
+    )(fn)
+    fn = click.option(
+        "--port",
+        default=DEFAULT_PORT,
+        show_default=True,
+        type=click.IntRange(0, 65535),
+        help="TCP port (0 picks a free one).",
+    )(fn)
+    fn = click.option(
+        "--enable-actions", is_flag=True, help="Show the cancel/pause/resume/modify buttons and accept their requests."
+    )(fn)
+    fn = click.option(
+        "--token",
+        envvar="DXF_DASHBOARD_TOKEN",
+        default=None,
+        help="Require this token (Bearer header, basic-auth password, or ?token= once).",
+    )(fn)
     return fn
 
 
 def serve(
-    tm: TaskManager, *, host: str, port: int, actions: bool, token: str | None,
-    node_ttl: float | None = None, wake: Callable[[str], None] | None = None,
+    tm: TaskManager,
+    *,
+    host: str,
+    port: int,
+    actions: bool,
+    token: str | None,
+    node_ttl: float | None = None,
+    wake: Callable[[str], None] | None = None,
 ) -> None:
     """Listen until SIGINT/SIGTERM; a refused bind raises :class:`DashboardConfigError` before listening."""
     from dxf_celery.dashboard.server import Dashboard, check_bind, make_app
@@ -54,8 +74,9 @@ def serve(
         server.add_sockets(sockets)
         bound = sockets[0].getsockname()[1]
         url_host = f"[{host}]" if ":" in host else host
-        click.echo(f"DXF dashboard on http://{url_host}:{bound}/ (actions {'on' if actions else 'off'}); "
-                   f"reading {tm.url}")
+        click.echo(
+            f"DXF dashboard on http://{url_host}:{bound}/ (actions {'on' if actions else 'off'}); reading {tm.url}"
+        )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -70,8 +91,13 @@ def serve(
 
 
 def run_dashboard(
-    tm: TaskManager, host: str, port: int, enable_actions: bool, token: str | None,
-    node_ttl: float | None, wake: Callable[[str], None] | None,
+    tm: TaskManager,
+    host: str,
+    port: int,
+    enable_actions: bool,
+    token: str | None,
+    node_ttl: float | None,
+    wake: Callable[[str], None] | None,
 ) -> None:
     """:func:`serve`, with its errors turned into one-line CLI errors."""
     try:
@@ -86,8 +112,9 @@ def run_dashboard(
 @click.option("--database-url", envvar="DXF_DATABASE_URL", required=True, help="SQLAlchemy URL of the dxf tables.")
 @click.option("--node-ttl", type=float, default=None, help="Seconds after which a silent node shows as dead.")
 @dashboard_options
-def main(database_url: str, node_ttl: float | None, host: str, port: int, enable_actions: bool,
-         token: str | None) -> None:
+def main(
+    database_url: str, node_ttl: float | None, host: str, port: int, enable_actions: bool, token: str | None
+) -> None:
     """Serve the dashboard for a database without a Celery app (actions then need no broker)."""
     from dxf_celery.dashboard.server import check_bind
 

@@ -153,8 +153,7 @@ class PageHandler(_Base):
 
 class ConfigHandler(_Base):
     async def get(self) -> None:
-        self._json({"api_version": API_VERSION, "actions": self.dash.actions,
-                    "poll_interval": self.dash.poll_interval})
+        self._json({"api_version": API_VERSION, "actions": self.dash.actions, "poll_interval": self.dash.poll_interval})
 
 
 class TasksHandler(_Base):

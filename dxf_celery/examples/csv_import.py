@@ -263,7 +263,10 @@ class ImportStepExecutor(_CsvStepExecutor):
         """A new ``max_write_speed`` applies at once, even inside the running chunk."""
         new = ImportMeta.from_json(meta)
         if (new.csv_path, new.table, new.database_url, new.columns) != (
-            self.meta.csv_path, self.meta.table, self.meta.database_url, self.meta.columns,
+            self.meta.csv_path,
+            self.meta.table,
+            self.meta.database_url,
+            self.meta.columns,
         ):
             raise NotImplementedError("only max_write_speed changes live; recreate the step executor")
         self.meta = new

@@ -299,8 +299,9 @@ class BaseScheduler:
             self._revert(err)
             return
         if switched:
-            logger.info("task %d: step %d planned with %d subtasks on %d nodes", task.id, next_step, len(metas),
-                        len(nodes))
+            logger.info(
+                "task %d: step %d planned with %d subtasks on %d nodes", task.id, next_step, len(metas), len(nodes)
+            )
 
 
 def _same_base(base: TaskBase, task: Task) -> bool:

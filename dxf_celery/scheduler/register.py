@@ -77,4 +77,3 @@ def clear_scheduler_factories() -> None:
     with _lock:
         _schedulers.clear()
         _cleanups.clear()
-

@@ -98,13 +98,25 @@ def step_stats(tm: TaskManager, task_ids: Sequence[int]) -> dict[int, dict[int, 
 
     def part(t: Table) -> Select[Any]:
         return select(
-            t.c.task_id, t.c.step, t.c.state, t.c.exec_id, t.c.create_time, t.c.start_time, t.c.end_time,
+            t.c.task_id,
+            t.c.step,
+            t.c.state,
+            t.c.exec_id,
+            t.c.create_time,
+            t.c.start_time,
+            t.c.end_time,
         ).where(t.c.task_id.in_(ids))
 
     rows = _both(part).subquery()
     groups = select(
-        rows.c.task_id, rows.c.step, rows.c.state, rows.c.exec_id, func.count(), func.min(rows.c.create_time),
-        func.min(rows.c.start_time), func.max(rows.c.end_time),
+        rows.c.task_id,
+        rows.c.step,
+        rows.c.state,
+        rows.c.exec_id,
+        func.count(),
+        func.min(rows.c.create_time),
+        func.min(rows.c.start_time),
+        func.max(rows.c.end_time),
     ).group_by(rows.c.task_id, rows.c.step, rows.c.state, rows.c.exec_id)
     summaries = _both(
         lambda t: select(t.c.task_id, t.c.step, t.c.summary).where(t.c.task_id.in_(ids), t.c.summary.not_in(("", "{}")))
@@ -142,9 +154,7 @@ def task_counts(tm: TaskManager) -> dict[tuple[str, str], int]:
 
     rows = union_all(part(task_table), part(task_history_table)).subquery()
     stmt = select(rows.c.state, rows.c.type, func.count()).group_by(rows.c.state, rows.c.type)
-    result: dict[tuple[str, str], int] = _read(
-        tm, lambda conn: {(r[0], r[1]): int(r[2]) for r in conn.execute(stmt)}
-    )
+    result: dict[tuple[str, str], int] = _read(tm, lambda conn: {(r[0], r[1]): int(r[2]) for r in conn.execute(stmt)})
     return result
 
 
@@ -186,9 +196,7 @@ def executors_by_node(tm: TaskManager) -> dict[str, int]:
 def lease_holders(tm: TaskManager) -> dict[str, tuple[str, datetime]]:
     """Every lease row: name → (owner, expiry); expired rows included (the caller compares)."""
     stmt = select(lease_table.c.name, lease_table.c.owner, lease_table.c.expires_at)
-    result: dict[str, tuple[str, datetime]] = _read(
-        tm, lambda conn: {r[0]: (r[1], r[2]) for r in conn.execute(stmt)}
-    )
+    result: dict[str, tuple[str, datetime]] = _read(tm, lambda conn: {r[0]: (r[1], r[2]) for r in conn.execute(stmt)})
     return result
 
 

@@ -94,9 +94,7 @@ def build_engines(url: str | URL) -> tuple[Engine, Engine]:
         return engine, engine
     except (sa_exc.NoSuchModuleError, ImportError) as err:
         hint = _DRIVER_HINTS.get(backend, "install the DBAPI driver named in the URL")
-        raise StorageUnavailableError(
-            f"no database driver for {safe_url(parsed)} ({err}); {hint}"
-        ) from err
+        raise StorageUnavailableError(f"no database driver for {safe_url(parsed)} ({err}); {hint}") from err
     except sa_exc.ArgumentError as err:
         raise StorageUnavailableError(f"cannot build an engine for {safe_url(parsed)}: {err}") from err
 
@@ -225,11 +223,7 @@ def run_transaction(engine: Engine, url: str, fn: Callable[[Connection], T]) -> 
                 return fn(conn)
         except StorageUnavailableError as err:
             cause = err.__cause__
-            if (
-                isinstance(cause, sa_exc.DBAPIError)
-                and _is_deadlock(cause)
-                and attempt < DEADLOCK_RETRIES - 1
-            ):
+            if isinstance(cause, sa_exc.DBAPIError) and _is_deadlock(cause) and attempt < DEADLOCK_RETRIES - 1:
                 time.sleep(delay)
                 delay = min(delay * 2, 0.5)
                 continue

@@ -57,8 +57,9 @@ class BorrowedConnection:
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name == "autocommit":
-            raise RuntimeError("refusing to change autocommit on a borrowed connection (it would end the owner's "
-                               "transaction)")
+            raise RuntimeError(
+                "refusing to change autocommit on a borrowed connection (it would end the owner's transaction)"
+            )
         setattr(self._raw, name, value)
 
 

@@ -74,10 +74,14 @@ def build_executor(ctx: Context, task: Task, param: Param) -> TaskExecutor | Non
     """
     factory = get_task_executor_factory(task.type)
     if factory is None:
-        _fail_subtask(task, param, UnknownTaskTypeError(
-            f"task type {task.type!r} is not registered on {param.exec_id}; "
-            f"call register_task_type({task.type!r}, factory) in the worker"
-        ))
+        _fail_subtask(
+            task,
+            param,
+            UnknownTaskTypeError(
+                f"task type {task.type!r} is not registered on {param.exec_id}; "
+                f"call register_task_type({task.type!r}, factory) in the worker"
+            ),
+        )
         return None
     try:
         executor = factory(ctx, task, param)

@@ -77,8 +77,12 @@ class Manager:
     def _sql(self, fn: Callable[[], T], what: str) -> T:
         iv = self.intervals
         return run_with_retry(
-            fn, ctx=self.ctx, max_retry=iv.sql_retry_times, backoff=iv.sql_backoff(),
-            is_retryable=is_transient_error, what=what,
+            fn,
+            ctx=self.ctx,
+            max_retry=iv.sql_retry_times,
+            backoff=iv.sql_backoff(),
+            is_retryable=is_transient_error,
+            what=what,
         )
 
     def init_meta(self) -> None:
@@ -162,8 +166,12 @@ class Manager:
         if fresh.concurrency == self.slot_manager.slots_of(task.id):
             return
         if not self.slot_manager.exchange(fresh):
-            logger.info("%s: no room for task %d to grow to %d slots; stopping its executor",
-                        self.exec_id, task.id, fresh.concurrency)
+            logger.info(
+                "%s: no room for task %d to grow to %d slots; stopping its executor",
+                self.exec_id,
+                task.id,
+                fresh.concurrency,
+            )
             running.cancel()
 
     def _handle_pausing(self, task: TaskBase, running: RunningExecutor | None) -> None:

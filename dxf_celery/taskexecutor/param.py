@@ -49,9 +49,20 @@ class Intervals:
     sql_retry_max: float = RETRY_SQL_MAX_INTERVAL
 
     def __post_init__(self) -> None:
-        for name in ("task_check", "subtask_check", "max_subtask_check", "check_balance", "update_summary",
-                     "detect_modify", "watch_task", "heartbeat", "cancel_grace", "recover_meta", "sql_retry_base",
-                     "sql_retry_max"):
+        for name in (
+            "task_check",
+            "subtask_check",
+            "max_subtask_check",
+            "check_balance",
+            "update_summary",
+            "detect_modify",
+            "watch_task",
+            "heartbeat",
+            "cancel_grace",
+            "recover_meta",
+            "sql_retry_base",
+            "sql_retry_max",
+        ):
             if getattr(self, name) <= 0:
                 raise InvalidSettingError(f"Intervals.{name} must be > 0 seconds, got {getattr(self, name)!r}")
         if self.max_idle_polls < 1 or self.sql_retry_times < 1:

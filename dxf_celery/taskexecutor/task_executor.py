@@ -320,11 +320,13 @@ class BaseTaskExecutor:
             if isinstance(subtask_ctx.cause, CancelSubtaskError):
                 self._set_subtask_state(subtask.id, SubtaskState.CANCELED, None)
             else:
-                logger.info("task %d: subtask %d stopped (%s); row left as it is", self._task_id, subtask.id,
-                            subtask_ctx.cause)
+                logger.info(
+                    "task %d: subtask %d stopped (%s); row left as it is", self._task_id, subtask.id, subtask_ctx.cause
+                )
         elif self.is_retryable_error(error):
-            logger.warning("task %d: subtask %d hit a retryable error, will re-run: %s", self._task_id, subtask.id,
-                           error)
+            logger.warning(
+                "task %d: subtask %d hit a retryable error, will re-run: %s", self._task_id, subtask.id, error
+            )
         else:
             logger.warning("task %d: subtask %d failed: %s", self._task_id, subtask.id, error)
             self._set_subtask_state(subtask.id, SubtaskState.FAILED, error)
@@ -343,8 +345,13 @@ class BaseTaskExecutor:
     # ------------------------------------------------------------------ watcher thread
 
     def _watch_subtask(
-        self, step_exec: StepExecutor, subtask: Subtask, subtask_ctx: Context, check_ctx: Context,
-        runner: int, returned: threading.Event,
+        self,
+        step_exec: StepExecutor,
+        subtask: Subtask,
+        subtask_ctx: Context,
+        check_ctx: Context,
+        runner: int,
+        returned: threading.Event,
     ) -> None:
         """One thread per running subtask: the periodic checks, then the cancel deadline if it was cancelled."""
         self._run_checks(step_exec, subtask, subtask_ctx, check_ctx)
@@ -362,12 +369,15 @@ class BaseTaskExecutor:
         while not returned.wait(grace):
             if not interrupt.interrupt(runner, subtask.id):
                 return
-            logger.warning("task %d: subtask %d ignored its cancellation (%s) for %.1fs; interrupting it",
-                           self._task_id, subtask.id, subtask_ctx.cause, grace)
+            logger.warning(
+                "task %d: subtask %d ignored its cancellation (%s) for %.1fs; interrupting it",
+                self._task_id,
+                subtask.id,
+                subtask_ctx.cause,
+                grace,
+            )
 
-    def _run_checks(
-        self, step_exec: StepExecutor, subtask: Subtask, subtask_ctx: Context, check_ctx: Context
-    ) -> None:
+    def _run_checks(self, step_exec: StepExecutor, subtask: Subtask, subtask_ctx: Context, check_ctx: Context) -> None:
         """Task state, balance, summary and live modification checks until ``check_ctx`` is cancelled."""
         iv = self.param.intervals
         now = time.monotonic()

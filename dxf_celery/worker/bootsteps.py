@@ -64,7 +64,13 @@ class DXFNodeStep(bootsteps.StartStopStep):  # type: ignore[misc]
                 "DXF: worker %s has a %s pool of %d but dxf_node_slots is %d: at most %d executors run at "
                 "once and the others wait in the queue. Start the worker with --concurrency %d (or more, "
                 "for your other tasks) or set dxf_node_slots=%d.",
-                worker.hostname, kind, concurrency, slots, concurrency, slots, concurrency,
+                worker.hostname,
+                kind,
+                concurrency,
+                slots,
+                concurrency,
+                slots,
+                concurrency,
             )
 
     def start(self, worker: Any) -> None:
@@ -99,8 +105,15 @@ class DXFSchedulerTicks(bootsteps.ConsumerStep):  # type: ignore[misc]
 
     def get_consumers(self, channel: Any) -> list[Consumer]:
         queue = get_state(self.c.app).settings.scheduler_queue
-        return [Consumer(channel, queues=[direct_queue(queue)], on_message=self.on_raw_message,
-                         on_decode_error=self.on_decode_error, accept=["json"])]
+        return [
+            Consumer(
+                channel,
+                queues=[direct_queue(queue)],
+                on_message=self.on_raw_message,
+                on_decode_error=self.on_decode_error,
+                accept=["json"],
+            )
+        ]
 
     def start(self, c: Any) -> None:
         super().start(c)
@@ -183,8 +196,12 @@ def _drop(message: Any, why: str) -> None:
     """One log line for a message that is not a tick: its metadata, never its body."""
     delivery = getattr(message, "delivery_info", None)
     routing_key = delivery.get("routing_key") if isinstance(delivery, dict) else None
-    logger.warning("DXF: dropped a message on queue %s that is not a scheduler tick (%s; content type %r)",
-                   routing_key or "?", why, getattr(message, "content_type", None))
+    logger.warning(
+        "DXF: dropped a message on queue %s that is not a scheduler tick (%s; content type %r)",
+        routing_key or "?",
+        why,
+        getattr(message, "content_type", None),
+    )
 
 
 def _expired(expires: Any) -> bool:
@@ -209,8 +226,12 @@ def _wait_for_database(settings: DXFSettings, ensure_migrated: Callable[[str], N
             ensure_migrated(settings.database_url)
 
     try:
-        wait_for_database(settings.database_url, retries=settings.database_connect_retries,
-                          interval=settings.database_connect_interval, prepare=prepare)
+        wait_for_database(
+            settings.database_url,
+            retries=settings.database_connect_retries,
+            interval=settings.database_connect_interval,
+            prepare=prepare,
+        )
     except DatabaseUnavailableError as err:
         logger.critical("%s", err)
         raise SystemExit(1) from None

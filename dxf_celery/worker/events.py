@@ -22,8 +22,19 @@ logger = logging.getLogger(__name__)
 
 PROGRESS_EVENT = "task-progress"
 #: Fields of every ``task-progress`` event (besides Celery's own uuid/hostname/timestamp).
-PROGRESS_FIELDS = ("dxf_task_id", "dxf_key", "dxf_type", "dxf_state", "dxf_step", "node",
-                   "subtasks_total", "subtasks_done", "subtasks_running", "current", "total")
+PROGRESS_FIELDS = (
+    "dxf_task_id",
+    "dxf_key",
+    "dxf_type",
+    "dxf_state",
+    "dxf_step",
+    "node",
+    "subtasks_total",
+    "subtasks_done",
+    "subtasks_running",
+    "current",
+    "total",
+)
 
 
 def progress_fields(tm: TaskManager, task_id: int, node: str) -> dict[str, Any]:

@@ -212,4 +212,3 @@ class LocalRegistry:
 
 #: The executions of this process (one per thread on the threads pool, at most one elsewhere).
 local_executions = LocalRegistry()
-

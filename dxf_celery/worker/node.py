@@ -128,8 +128,14 @@ class NodeRuntime:
             thread = threading.Thread(target=target, name=f"{name}-{self.nodename}", daemon=True)
             thread.start()
             self._threads.append(thread)
-        logger.info("DXF node %s started: %d slots, role %r, pool %s, queue %s", self.nodename,
-                    self.settings.node_slots, self.settings.node_role, self.pool_kind, self.queue)
+        logger.info(
+            "DXF node %s started: %d slots, role %r, pool %s, queue %s",
+            self.nodename,
+            self.settings.node_slots,
+            self.settings.node_role,
+            self.pool_kind,
+            self.queue,
+        )
 
     def begin_shutdown(self) -> None:
         """Warm shutdown starts: stop planning and starting, cancel executors (rows untouched)."""
@@ -166,8 +172,7 @@ class NodeRuntime:
             self.task_manager.delete_node(self.nodename)
             logger.info("DXF node %s removed from the cluster", self.nodename)
         except Exception as err:
-            logger.warning("%s: could not remove the node row (it expires after dxf_node_ttl): %s",
-                           self.nodename, err)
+            logger.warning("%s: could not remove the node row (it expires after dxf_node_ttl): %s", self.nodename, err)
         with _runtimes_lock:
             if runtimes.get(self.nodename) is self:
                 del runtimes[self.nodename]

@@ -63,8 +63,7 @@ def _watch(hostname: str, cleanup: Callable[[], None]) -> None:
         if left <= 0:
             break
         time.sleep(min(left, 0.5))
-    logger.error("DXF: shutdown of %s did not finish within its bound (dxf_shutdown_timeout); exiting now",
-                 hostname)
+    logger.error("DXF: shutdown of %s did not finish within its bound (dxf_shutdown_timeout); exiting now", hostname)
     done = threading.Thread(target=_quietly, args=(cleanup,), name="dxf-shutdown-cleanup", daemon=True)
     done.start()
     done.join(CLEANUP_BOUND)

@@ -51,7 +51,11 @@ def probe(url: str) -> None:
 
 
 def wait_for_database(
-    url: str, *, retries: int, interval: float, prepare: Callable[[], None] | None = None,
+    url: str,
+    *,
+    retries: int,
+    interval: float,
+    prepare: Callable[[], None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> int:
     """Probe ``url`` (then run ``prepare``, e.g. migrations) until it works; the attempts it took.
@@ -81,7 +85,13 @@ def wait_for_database(
                     f"{interval:g} s apart ({one_line(err)}); check that the database server is running and "
                     "reachable and that dxf_database_url (host, port, user, password, database) is right"
                 ) from None
-            logger.warning("DXF: database %s unreachable (%s); retry %d/%d in %g s", shown, one_line(err),
-                           attempt, retries - 1, interval)
+            logger.warning(
+                "DXF: database %s unreachable (%s); retry %d/%d in %g s",
+                shown,
+                one_line(err),
+                attempt,
+                retries - 1,
+                interval,
+            )
             sleep(interval)
     raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises

@@ -44,8 +44,9 @@ def ensure_migrated(url: str, attempts: int = 5) -> None:
             except Exception as err:
                 if attempt == attempts - 1:
                     raise
-                logger.info("migration attempt %d failed (%s); another process may be migrating, retrying",
-                            attempt + 1, err)
+                logger.info(
+                    "migration attempt %d failed (%s); another process may be migrating, retrying", attempt + 1, err
+                )
                 time.sleep(0.2 * (attempt + 1))
         _migrated.add(url)
 

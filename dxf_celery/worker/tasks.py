@@ -36,8 +36,16 @@ logger = logging.getLogger(__name__)
 
 
 def run_execute(
-    state: DXFState, *, celery_id: str, hostname: str, task_id: int, exec_id: str, slots: int, memory: int,
-    events: bool, incarnation: str = "",
+    state: DXFState,
+    *,
+    celery_id: str,
+    hostname: str,
+    task_id: int,
+    exec_id: str,
+    slots: int,
+    memory: int,
+    events: bool,
+    incarnation: str = "",
 ) -> dict[str, Any]:
     """Body of ``dxf.execute``: run the executor of ``task_id`` for node ``exec_id``."""
     if hostname and exec_id != hostname:
@@ -76,8 +84,14 @@ def run_execute(
                 if celery_id in worker_state.revoked:
                     control.request(None)
             if events and settings.progress_events:
-                reporter = ProgressReporter(state.app, tm, celery_id=celery_id, hostname=hostname,
-                                            task_id=task_id, interval=settings.progress_event_interval).start()
+                reporter = ProgressReporter(
+                    state.app,
+                    tm,
+                    celery_id=celery_id,
+                    hostname=hostname,
+                    task_id=task_id,
+                    interval=settings.progress_event_interval,
+                ).start()
             if not run_executor(ctx, task, param, on_built=control.attach):
                 return {"task": task_id, "step": task.step, "skipped": "executor not built"}
         except (ExecutorCancelledError, SoftTimeLimitExceeded) as err:
@@ -94,8 +108,12 @@ def run_schedule(state: DXFState, reason: str) -> bool:
     """Body of ``dxf.schedule`` when it runs in a pool (normally the node's main process takes it)."""
     from dxf_celery.scheduler.manager import Manager
 
-    manager = Manager(state.task_manager, owner_id=f"dxf.schedule@{os.getpid()}", lease_ttl=state.settings.lease_ttl,
-                      intervals=state.scheduler_intervals())
+    manager = Manager(
+        state.task_manager,
+        owner_id=f"dxf.schedule@{os.getpid()}",
+        lease_ttl=state.settings.lease_ttl,
+        intervals=state.scheduler_intervals(),
+    )
     try:
         return manager.schedule_once()
     finally:
@@ -115,16 +133,32 @@ def register_tasks(app: Celery, state: DXFState) -> None:
         Request="dxf_celery.worker.request:ExecuteRequest",
         shared=False,
     )
-    def execute(self: Any, task_id: int, exec_id: str, slots: int = 1, memory: int = 0,
-                events: bool = False, incarnation: str = "") -> dict[str, Any]:
+    def execute(
+        self: Any,
+        task_id: int,
+        exec_id: str,
+        slots: int = 1,
+        memory: int = 0,
+        events: bool = False,
+        incarnation: str = "",
+    ) -> dict[str, Any]:
         return run_execute(
-            state, celery_id=str(self.request.id), hostname=str(self.request.hostname or ""),
-            task_id=int(task_id), exec_id=str(exec_id), slots=int(slots), memory=int(memory), events=bool(events),
+            state,
+            celery_id=str(self.request.id),
+            hostname=str(self.request.hostname or ""),
+            task_id=int(task_id),
+            exec_id=str(exec_id),
+            slots=int(slots),
+            memory=int(memory),
+            events=bool(events),
             incarnation=str(incarnation),
         )
 
     @app.task(  # type: ignore[untyped-decorator]
-        name=SCHEDULE_TASK, ignore_result=True, serializer="json", shared=False,
+        name=SCHEDULE_TASK,
+        ignore_result=True,
+        serializer="json",
+        shared=False,
     )
     def schedule(reason: str = "beat") -> bool:
         return run_schedule(state, reason)

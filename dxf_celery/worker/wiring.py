@@ -90,8 +90,9 @@ def _on_worker_shutting_down(sig: Any = None, how: Any = None, **_: Any) -> None
     # Called from a signal handler: hand the work to threads, take no lock here.
     for runtime in list(runtimes.values()):
         threading.Thread(target=runtime.begin_shutdown, name="dxf-shutdown", daemon=True).start()
-        threading.Thread(target=_arm_watchdog, args=(runtime, str(how or "Warm")), name="dxf-shutdown-arm",
-                         daemon=True).start()
+        threading.Thread(
+            target=_arm_watchdog, args=(runtime, str(how or "Warm")), name="dxf-shutdown-arm", daemon=True
+        ).start()
 
 
 def _arm_watchdog(runtime: NodeRuntime, how: str) -> None:

@@ -42,8 +42,9 @@ def test_settings_defaults_are_documented_values() -> None:
 
 
 def test_settings_read_prefixed_keys_and_coerce_strings() -> None:
-    s = DXFSettings.from_conf({"dxf_node_slots": "8", "CELERY_DXF_NODE_ROLE": "bg", "dxf_beat": "false",
-                               "DXF_SCHEDULER_INTERVAL": "0.25"})
+    s = DXFSettings.from_conf(
+        {"dxf_node_slots": "8", "CELERY_DXF_NODE_ROLE": "bg", "dxf_beat": "false", "DXF_SCHEDULER_INTERVAL": "0.25"}
+    )
     assert (s.node_slots, s.node_role, s.beat, s.scheduler_interval) == (8, "bg", False, 0.25)
 
 
@@ -123,8 +124,13 @@ def test_dxf_overrides_win_over_conf_and_must_agree() -> None:
 
 @pytest.fixture
 def local_dxf(tmp_path: Path) -> Iterator[DXF]:
-    app = _app(dxf_database_url=f"sqlite:///{tmp_path / 'dxf.db'}", dxf_cancel_grace=0.3,
-               dxf_subtask_check_interval=0.05, dxf_max_subtask_check_interval=0.1, dxf_watch_task_interval=0.1)
+    app = _app(
+        dxf_database_url=f"sqlite:///{tmp_path / 'dxf.db'}",
+        dxf_cancel_grace=0.3,
+        dxf_subtask_check_interval=0.05,
+        dxf_max_subtask_check_interval=0.1,
+        dxf_watch_task_interval=0.1,
+    )
     # Other modules clear the registries: register the type here, not only on import.
     register_task_type(TASK_TYPE, executor_factory)
     register_scheduler_factory(TASK_TYPE, scheduler_factory)
@@ -148,14 +154,26 @@ def test_execute_body_interrupts_step_code_that_ignores_its_context(
 ) -> None:
     """The threads/solo path: a cancel request reaches an executor running in this process."""
     record = tmp_path / "runs.log"
-    task = local_dxf.submit_task("busy", TASK_TYPE, meta=e2e_meta(str(record), steps=1, subtasks=1, sleep=600,
-                                                                  mode="busy"))
+    task = local_dxf.submit_task(
+        "busy", TASK_TYPE, meta=e2e_meta(str(record), steps=1, subtasks=1, sleep=600, mode="busy")
+    )
     _plan(local_dxf, "n1")
     assert local_dxf.get_task(task.id).state == TaskState.RUNNING
     result: dict[str, object] = {}
-    thread = threading.Thread(target=lambda: result.update(run_execute(
-        local_dxf.state, celery_id="cid-1", hostname="n1", task_id=task.id, exec_id="n1", slots=2, memory=0,
-        events=False)))
+    thread = threading.Thread(
+        target=lambda: result.update(
+            run_execute(
+                local_dxf.state,
+                celery_id="cid-1",
+                hostname="n1",
+                task_id=task.id,
+                exec_id="n1",
+                slots=2,
+                memory=0,
+                events=False,
+            )
+        )
+    )
     thread.start()
     wait_until(lambda: any(e.kind == "start" for e in read_record(record)), 30, what="the subtask to start")
     assert local_executions.cancel("cid-1", subtask_only)
@@ -171,21 +189,32 @@ def test_execute_body_interrupts_step_code_that_ignores_its_context(
 
 
 def test_execute_body_ignores_another_nodes_message(local_dxf: DXF) -> None:
-    result = run_execute(local_dxf.state, celery_id="x", hostname="n2", task_id=1, exec_id="n1", slots=1,
-                         memory=0, events=False)
+    result = run_execute(
+        local_dxf.state, celery_id="x", hostname="n2", task_id=1, exec_id="n1", slots=1, memory=0, events=False
+    )
     assert result["skipped"] == "other node"
 
 
 def test_execute_body_of_a_gone_task_does_nothing(local_dxf: DXF) -> None:
-    result = run_execute(local_dxf.state, celery_id="x", hostname="n1", task_id=424242, exec_id="n1", slots=1,
-                         memory=0, events=False)
+    result = run_execute(
+        local_dxf.state, celery_id="x", hostname="n1", task_id=424242, exec_id="n1", slots=1, memory=0, events=False
+    )
     assert result["skipped"] == "task is gone"
 
 
 def test_execute_body_ignores_a_message_from_an_earlier_worker_run(local_dxf: DXF) -> None:
     local_dxf.state.incarnation = "now"
-    result = run_execute(local_dxf.state, celery_id="x", hostname="n1", task_id=1, exec_id="n1", slots=1,
-                         memory=0, events=False, incarnation="before")
+    result = run_execute(
+        local_dxf.state,
+        celery_id="x",
+        hostname="n1",
+        task_id=1,
+        exec_id="n1",
+        slots=1,
+        memory=0,
+        events=False,
+        incarnation="before",
+    )
     assert result["skipped"] == "earlier worker run"
 
 

@@ -186,7 +186,10 @@ def test_real_celery_subprocess(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
     res = subprocess.run(
         [*celery, "dxf", "submit", "sub-1", "noop", "--meta", '{"subtasks": 2}'],
-        env=env, capture_output=True, text=True, timeout=120,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert res.returncode == 0, res.stderr
     res = subprocess.run([*celery, "dxf", "list"], env=env, capture_output=True, text=True, timeout=120)
@@ -241,8 +244,20 @@ def test_cli_drives_real_workers(tmp_path: Path) -> None:
         assert "cli1@e2e" in table and "cli2@e2e" in table and "/2" in table, table
 
         meta = e2e_meta(str(record), steps=2, subtasks=6, sleep=0).decode()
-        res = procs.celery("dxf", "submit", "cli-1", "e2e", "--meta", meta, "--concurrency", "2", "--wait",
-                           "--timeout", "120", timeout=180)
+        res = procs.celery(
+            "dxf",
+            "submit",
+            "cli-1",
+            "e2e",
+            "--meta",
+            meta,
+            "--concurrency",
+            "2",
+            "--wait",
+            "--timeout",
+            "120",
+            timeout=180,
+        )
         assert res.returncode == 0, res.stdout + res.stderr + procs.logs()
         assert "task 1 (cli-1) succeed" in res.stdout
         shown = json.loads(cli("show", "cli-1", "--json", "--subtasks").stdout)

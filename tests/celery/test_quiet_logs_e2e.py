@@ -45,14 +45,18 @@ def test_beat_and_workers_at_info_log_no_per_tick_lines(e2e: E2E, tmp_path: Path
     worker_log = procs.procs["w1@quiet"].log_text()
     assert "beat: Starting..." in beat_log
     assert "dxf-scheduler" not in beat_log, beat_log[-2000:]
-    ticks_in_worker = [line for line in worker_log.splitlines()
-                       if "dxf.schedule[" in line or "dxf-scheduler" in line or "scheduler pass" in line]
+    ticks_in_worker = [
+        line
+        for line in worker_log.splitlines()
+        if "dxf.schedule[" in line or "dxf-scheduler" in line or "scheduler pass" in line
+    ]
     assert ticks_in_worker == [], ticks_in_worker[:5]
     # One info line per real event: the two steps planned, the task moved to history.
     assert worker_log.count("planned with 2 subtasks") == 2
     # Positive control: at debug the very same lines are there, once per tick.
     procs.stop("beat-info")
     debug = procs._spawn("beat-debug", ["beat", "-s", str(tmp_path / "beat-debug-schedule"), "-l", "debug"])
-    wait_until(lambda: debug.log_text().count("Sending due task dxf-scheduler") >= 5, 60, 0.2,
-             "tick lines at debug level")
+    wait_until(
+        lambda: debug.log_text().count("Sending due task dxf-scheduler") >= 5, 60, 0.2, "tick lines at debug level"
+    )
     assert "DEBUG/MainProcess] Scheduler: Sending due task dxf-scheduler" in debug.log_text()

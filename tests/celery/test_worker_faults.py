@@ -57,8 +57,9 @@ class Cluster:
         self.db_url = make_db_url("postgresql", tmp_path)
         self.app, self.dxf = create_app(broker=broker, db_url=self.db_url)
         self.record = tmp_path / "runs.log"
-        self.procs = CeleryProcesses(tmp_path, {"DXF_E2E_BROKER": broker, "DXF_E2E_DB_URL": self.db_url},
-                                     self.dxf.task_manager)
+        self.procs = CeleryProcesses(
+            tmp_path, {"DXF_E2E_BROKER": broker, "DXF_E2E_DB_URL": self.db_url}, self.dxf.task_manager
+        )
         self.nodenames = [f"{n}@{HOST}" for n in NODES]
 
     def start(self) -> None:
@@ -67,8 +68,11 @@ class Cluster:
             self.procs._spawn(name, rename_node(command, name))
         for name, nodename in zip(NODES, self.nodenames, strict=True):
             proc = self.procs.procs[name]
-            wait_until(lambda p=proc, n=nodename: f"{n} ready." in p.log_text() or not p.alive(), 120,  # type: ignore[misc]
-                     what=f"{nodename} ready")
+            wait_until(
+                lambda p=proc, n=nodename: f"{n} ready." in p.log_text() or not p.alive(),
+                120,  # type: ignore[misc]
+                what=f"{nodename} ready",
+            )
         self.procs.start_beat()
 
     def workers(self) -> list[Proc]:
@@ -82,8 +86,9 @@ class Cluster:
             assert "Restoring" not in text, text[-3000:]
 
     def run_task(self, key: str, steps: int = 1, subtasks: int = 4, sleep: float = 0.05) -> int:
-        task = self.dxf.submit_task(key, "e2e", meta=e2e_meta(str(self.record), steps=steps, subtasks=subtasks,
-                                                              sleep=sleep))
+        task = self.dxf.submit_task(
+            key, "e2e", meta=e2e_meta(str(self.record), steps=steps, subtasks=subtasks, sleep=sleep)
+        )
         assert self.dxf.wait_task(task.id, timeout=120).state == TaskState.SUCCEED
         return task.id
 
@@ -111,8 +116,15 @@ def _publish_raw(broker: str, queue: str, body: bytes, content_type: str, encodi
     with Connection(broker) as conn:
         producer = conn.Producer()
         q = direct_queue(queue)
-        producer.publish(body, exchange=q.exchange, routing_key=queue, content_type=content_type,
-                         content_encoding=encoding, declare=[q], serializer=None)
+        producer.publish(
+            body,
+            exchange=q.exchange,
+            routing_key=queue,
+            content_type=content_type,
+            content_encoding=encoding,
+            declare=[q],
+            serializer=None,
+        )
 
 
 POISON = [
@@ -131,12 +143,23 @@ def test_poison_messages_on_every_consumed_queue_leave_the_workers_up(cluster: C
         for _, body, content_type, encoding in POISON:
             _publish_raw(cluster.broker, queue, body, content_type, encoding)
     # Each worker drops what it gets of the 3 messages on dxf.scheduler with one line each.
-    wait_until(lambda: sum(p.log_text().count("not a scheduler tick") for p in cluster.workers()) == len(POISON),
-             60, what="the three scheduler-queue messages dropped")
+    wait_until(
+        lambda: sum(p.log_text().count("not a scheduler tick") for p in cluster.workers()) == len(POISON),
+        60,
+        what="the three scheduler-queue messages dropped",
+    )
     # Celery's task consumer rejects the node-queue ones (it logs and acks them).
-    wait_until(lambda: all(p.log_text().count("Can't decode message body") + p.log_text().count("Received and deleted")
-                         + p.log_text().count("unknown message") >= 1 for p in cluster.workers()),
-             60, what="the node-queue messages rejected")
+    wait_until(
+        lambda: all(
+            p.log_text().count("Can't decode message body")
+            + p.log_text().count("Received and deleted")
+            + p.log_text().count("unknown message")
+            >= 1
+            for p in cluster.workers()
+        ),
+        60,
+        what="the node-queue messages rejected",
+    )
     cluster.assert_all_up()
     after = cluster.run_task("after")
     cluster.assert_all_up()
@@ -167,12 +190,16 @@ def test_bad_and_stale_executor_messages_are_rejected_without_harm(cluster: Clus
             ([done, "someone-else@elsewhere"], {}),  # another node's executor
         ]
         for args, kwargs in bad_args:
-            cluster.app.send_task(EXECUTE_TASK, args=args, kwargs=kwargs, queue=queue, routing_key=queue,
-                                  ignore_result=True)
+            cluster.app.send_task(
+                EXECUTE_TASK, args=args, kwargs=kwargs, queue=queue, routing_key=queue, ignore_result=True
+            )
     # Sent without a display name, so these are the only "dxf.execute[<uuid>]" results in the logs.
     handled = re.compile(r"Task dxf\.execute\[[0-9a-f-]{36}\] (succeeded|raised)")
-    wait_until(lambda: all(len(handled.findall(p.log_text())) == 5 for p in cluster.workers()), 60,
-             what="the five bad executor messages handled by each node")
+    wait_until(
+        lambda: all(len(handled.findall(p.log_text())) == 5 for p in cluster.workers()),
+        60,
+        what="the five bad executor messages handled by each node",
+    )
     cluster.assert_all_up()
     for proc in cluster.workers():
         text = proc.log_text()
@@ -190,15 +217,22 @@ def test_broker_restart_mid_task_the_task_succeeds_and_ticks_resume(tmp_path: Pa
     cluster = Cluster(tmp_path, broker.url)
     try:
         cluster.start()
-        task = cluster.dxf.submit_task("across-restart", "e2e",
-                                       meta=e2e_meta(str(cluster.record), steps=2, subtasks=4, sleep=1.5))
-        wait_until(lambda: any(s.state == SubtaskState.RUNNING for s in cluster.dxf.get_subtasks(task.id)), 60,
-                 what="a subtask running")
+        task = cluster.dxf.submit_task(
+            "across-restart", "e2e", meta=e2e_meta(str(cluster.record), steps=2, subtasks=4, sleep=1.5)
+        )
+        wait_until(
+            lambda: any(s.state == SubtaskState.RUNNING for s in cluster.dxf.get_subtasks(task.id)),
+            60,
+            what="a subtask running",
+        )
         broker.restart()  # SIGKILL, then a fresh server on the same port (queues lost)
         assert cluster.dxf.wait_task(task.id, timeout=180).state == TaskState.SUCCEED
         for proc in cluster.workers():
-            wait_until(lambda p=proc: p.log_text().count("Connected to redis") >= 2, 60,  # type: ignore[misc]
-                     what=f"{proc.name} reconnected")
+            wait_until(
+                lambda p=proc: p.log_text().count("Connected to redis") >= 2,
+                60,  # type: ignore[misc]
+                what=f"{proc.name} reconnected",
+            )
         # Ticks resume: a task submitted after the restart is planned and runs.
         cluster.run_task("after-restart", steps=2)
         cluster.assert_all_up()

@@ -85,8 +85,9 @@ class Submitter:
     def _run(self) -> None:
         while not self._stop.is_set():
             self.count += 1
-            self.dxf.submit_task(f"planned-{self.count}", "e2e",
-                                 meta=e2e_meta(str(self.record), steps=1, subtasks=2, sleep=0.05))
+            self.dxf.submit_task(
+                f"planned-{self.count}", "e2e", meta=e2e_meta(str(self.record), steps=1, subtasks=2, sleep=0.05)
+            )
             self._stop.wait(self.period)
 
     def __enter__(self) -> Submitter:
@@ -127,7 +128,10 @@ def test_documented_commands_cover_compose_and_docs() -> None:
 
 
 def _start_take_part_stop(
-    procs: CeleryProcesses, tm: TaskManager, record: Path, args: list[str],
+    procs: CeleryProcesses,
+    tm: TaskManager,
+    record: Path,
+    args: list[str],
 ) -> tuple[float, float]:
     """Start one worker, wait for ready (node row; log line when it logs at info), a subtask run, stop it."""
     nodename = _nodename(args)
@@ -137,8 +141,11 @@ def _start_take_part_stop(
     if "--loglevel" in args or "-l" in args:
         wait_until(lambda: f"{nodename} ready." in proc.log_text(), 60, what=f"{nodename} ready in its log")
     t_ready = time.monotonic() - t0
-    wait_until(lambda: any(e.exec_id == nodename and e.at > t0 for e in read_record(record)), 120,
-             what=f"{nodename} to run a subtask")
+    wait_until(
+        lambda: any(e.exec_id == nodename and e.at > t0 for e in read_record(record)),
+        120,
+        what=f"{nodename} to run a subtask",
+    )
     t1 = time.monotonic()
     procs.stop(nodename.split("@")[0], timeout=60)
     return t_ready, time.monotonic() - t1
@@ -147,7 +154,8 @@ def _start_take_part_stop(
 @pytest.mark.slow
 @pytest.mark.timeout(60 + 60 * STARTS)
 def test_documented_worker_starts_during_planning_all_reach_ready(
-    redis_e2e: tuple[DXF, CeleryProcesses], tmp_path: Path,
+    redis_e2e: tuple[DXF, CeleryProcesses],
+    tmp_path: Path,
 ) -> None:
     """Every documented command, in turn, STARTS times, mingle and gossip on, while tasks are planned."""
     dxf, procs = redis_e2e
@@ -167,8 +175,10 @@ def test_documented_worker_starts_during_planning_all_reach_ready(
             ready += 1
             took_part += 1
     total = time.monotonic() - started
-    print(f"{STARTS} starts: {ready} ready, {took_part} ran subtasks, {total:.1f} s in all; "
-          f"start to registered max {max(t for t, _ in timings):.1f} s, stop max {max(s for _, s in timings):.1f} s")
+    print(
+        f"{STARTS} starts: {ready} ready, {took_part} ran subtasks, {total:.1f} s in all; "
+        f"start to registered max {max(t for t, _ in timings):.1f} s, stop max {max(s for _, s in timings):.1f} s"
+    )
     assert ready == took_part == STARTS
     assert "searching for neighbors" in procs.procs["steady"].log_text()  # mingle really was on
     for proc in procs.procs.values():
@@ -184,8 +194,11 @@ def test_shutdown_exits_when_the_broker_stopped_answering(tmp_path: Path, sig: i
     broker = PrivateRedis(tmp_path / "redis").start()
     db_url = make_db_url("postgresql", tmp_path)
     app, dxf = create_app(broker=broker.url, db_url=db_url)
-    env = {"DXF_E2E_BROKER": broker.url, "DXF_E2E_DB_URL": db_url,
-           "DXF_E2E_CONF": json.dumps({"dxf_shutdown_timeout": 3})}
+    env = {
+        "DXF_E2E_BROKER": broker.url,
+        "DXF_E2E_DB_URL": db_url,
+        "DXF_E2E_CONF": json.dumps({"dxf_shutdown_timeout": 3}),
+    }
     procs = CeleryProcesses(tmp_path, env, dxf.task_manager)
     try:
         args = rename_node(documented_worker_commands()[-1], "frozen")
@@ -233,10 +246,12 @@ def _db_worker(tmp_path: Path, db_url: str, conf: dict[str, object]) -> tuple[Ta
 def test_worker_waits_for_the_database_and_registers_when_it_is_back(tmp_path: Path) -> None:
     pg = PrivatePostgres().init()
     tm, procs, proc, nodename = _db_worker(
-        tmp_path, pg.url, {"dxf_database_connect_retries": 120, "dxf_database_connect_interval": 0.5})
+        tmp_path, pg.url, {"dxf_database_connect_retries": 120, "dxf_database_connect_interval": 0.5}
+    )
     try:
-        wait_until(lambda: "unreachable" in proc.log_text() and "retry 3/" in proc.log_text(), 60,
-                 what="three logged retries")
+        wait_until(
+            lambda: "unreachable" in proc.log_text() and "retry 3/" in proc.log_text(), 60, what="three logged retries"
+        )
         assert proc.alive()
         line = next(ln for ln in proc.log_text().splitlines() if "unreachable" in ln)
         assert "127.0.0.1" in line and "retry" in line
@@ -256,7 +271,8 @@ def test_worker_gives_up_on_a_database_that_never_comes_with_one_line(tmp_path: 
     port = PrivateRedis(tmp_path / "unused").port  # a free port: nothing listens there
     url = f"postgresql+psycopg://dxf:s3cret@127.0.0.1:{port}/dxf"
     tm, procs, proc, _ = _db_worker(
-        tmp_path, url, {"dxf_database_connect_retries": 3, "dxf_database_connect_interval": 0.2})
+        tmp_path, url, {"dxf_database_connect_retries": 3, "dxf_database_connect_interval": 0.2}
+    )
     try:
         code = proc.popen.wait(120)
         text = proc.log_text()

@@ -16,8 +16,9 @@ from dxf_celery.worker.startup import DatabaseUnavailableError, masked_url, wait
 
 def test_a_reachable_database_is_used_at_once(tmp_path: Path) -> None:
     prepared: list[str] = []
-    attempts = wait_for_database(f"sqlite:///{tmp_path / 'x.db'}", retries=3, interval=0.01,
-                                 prepare=lambda: prepared.append("migrated"))
+    attempts = wait_for_database(
+        f"sqlite:///{tmp_path / 'x.db'}", retries=3, interval=0.01, prepare=lambda: prepared.append("migrated")
+    )
     assert attempts == 1 and prepared == ["migrated"]
 
 
@@ -42,8 +43,9 @@ def test_a_database_that_comes_back_is_used(tmp_path: Path) -> None:
         if len(calls) < 3:
             raise OSError("database starting up")
 
-    attempts = wait_for_database(f"sqlite:///{tmp_path / 'x.db'}", retries=5, interval=0.01,
-                                 prepare=flaky_prepare, sleep=lambda _: None)
+    attempts = wait_for_database(
+        f"sqlite:///{tmp_path / 'x.db'}", retries=5, interval=0.01, prepare=flaky_prepare, sleep=lambda _: None
+    )
     assert attempts == 3
 
 
@@ -68,14 +70,16 @@ def test_shutdown_bounds() -> None:
 def test_startup_and_shutdown_settings_are_validated() -> None:
     settings = DXFSettings.from_conf({})
     assert (settings.database_connect_retries, settings.database_connect_interval, settings.shutdown_timeout) == (
-        30, 2.0, 60.0)
+        30,
+        2.0,
+        60.0,
+    )
     with pytest.raises(DXFConfigError, match="dxf_database_connect_retries"):
         DXFSettings.from_conf({"dxf_database_connect_retries": 0})
     with pytest.raises(DXFConfigError, match="dxf_database_connect_interval"):
         DXFSettings.from_conf({"dxf_database_connect_interval": 0})
     with pytest.raises(DXFConfigError, match="dxf_shutdown_timeout"):
         DXFSettings.from_conf({"dxf_shutdown_timeout": -1})
-
 
 
 def _requires_closure(step: Any) -> set[str]:

@@ -102,14 +102,16 @@ def test_django_helpers_and_app_config(tmp_path: Path) -> None:
     pkg = tmp_path / "d2proj"
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")
-    (pkg / "dxf_tasks.py").write_text(textwrap.dedent("""
+    (pkg / "dxf_tasks.py").write_text(
+        textwrap.dedent("""
         from dxf_celery.examples import noop
         from dxf_celery.scheduler.register import register_scheduler_factory
         from dxf_celery.taskexecutor.register import register_task_type
         register_task_type("d2proj_noop", noop.executor_factory)
         register_scheduler_factory("d2proj_noop", noop.scheduler_factory)
         LOADED = True
-    """))
+    """)
+    )
     sys.path.insert(0, str(tmp_path))
     db_url = make_db_url("sqlite", tmp_path)
     celery_app = Celery("django_proj", broker="memory://", set_as_current=False)
@@ -122,8 +124,14 @@ def test_django_helpers_and_app_config(tmp_path: Path) -> None:
         assert not settings.configured, "only this test may configure Django in the test process"
         databases = {
             "default": {"ENGINE": "django.db.backends.sqlite3", "NAME": str(tmp_path / "django.db")},
-            "pg": {"ENGINE": "django.db.backends.postgresql", "NAME": "shop", "USER": "app", "PASSWORD": "s3cr@t",
-                   "HOST": "db.internal", "PORT": "5433"},
+            "pg": {
+                "ENGINE": "django.db.backends.postgresql",
+                "NAME": "shop",
+                "USER": "app",
+                "PASSWORD": "s3cr@t",
+                "HOST": "db.internal",
+                "PORT": "5433",
+            },
             "mysql": {"ENGINE": "django.db.backends.mysql", "NAME": "shop", "USER": "root", "HOST": "127.0.0.1"},
             "oracle": {"ENGINE": "django.db.backends.oracle", "NAME": "x"},
         }

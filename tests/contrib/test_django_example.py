@@ -58,8 +58,9 @@ def manage(db_name: str, *args: str, extra_env: dict[str, str] | None = None, ti
     env = dict(os.environ)
     env.update({"DJANGO_DB_NAME": db_name, "CELERY_BROKER_URL": BROKER, "PYTHONPATH": str(PROJECT)})
     env.update(extra_env or {})
-    proc = subprocess.run([sys.executable, "manage.py", *args], cwd=str(PROJECT), env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=str(PROJECT), env=env, capture_output=True, text=True, timeout=timeout
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"manage.py {' '.join(args)} failed ({proc.returncode}):\n{out[-6000:]}"
     return out
@@ -87,9 +88,13 @@ def test_example_project_tests_pass_under_djangos_runner(empty_db: str) -> None:
     manage(empty_db, "migrate", "--noinput")
     out = manage(empty_db, "test", "--noinput", "-v", "2", extra_env={"DXF_EXAMPLE_REAL_DB_MIGRATED": "1"})
     assert "Ran 9 tests" in out and "\nOK" in out, out[-4000:]
-    for name in ("test_rollback_leaves_neither_order_nor_task", "test_committed_order_runs_on_a_real_worker",
-                 "test_cancel_action_cancels_a_running_task", "test_submits_reach_the_test_database_only",
-                 "test_admin_changelist_and_task_page"):
+    for name in (
+        "test_rollback_leaves_neither_order_nor_task",
+        "test_committed_order_runs_on_a_real_worker",
+        "test_cancel_action_cancels_a_running_task",
+        "test_submits_reach_the_test_database_only",
+        "test_admin_changelist_and_task_page",
+    ):
         assert f"{name} " in out and "... ok" in out.split(name, 1)[1].splitlines()[0], name
     assert _scalar(empty_db, "SELECT count(*) FROM dxf_task") == 0
     assert _scalar(empty_db, "SELECT count(*) FROM dxf_task_history") == 0
@@ -144,8 +149,14 @@ def test_manage_py_dxf_commands(empty_db: str) -> None:
     assert "pause requested for task" in manage(empty_db, "dxf", "pause", "cmd-1")
     assert _scalar(empty_db, "SELECT state FROM dxf_task WHERE task_key = 'cmd-1'") == "pausing"
     env = dict(os.environ, DJANGO_DB_NAME=empty_db, CELERY_BROKER_URL=BROKER)
-    refused = subprocess.run([sys.executable, "manage.py", "dxf", "cancel", "nosuch"], cwd=str(PROJECT), env=env,
-                             capture_output=True, text=True, timeout=120)
+    refused = subprocess.run(
+        [sys.executable, "manage.py", "dxf", "cancel", "nosuch"],
+        cwd=str(PROJECT),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert refused.returncode != 0
     lines = refused.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("CommandError: ") and "'nosuch'" in lines[0], refused.stderr
@@ -157,16 +168,27 @@ def test_example_project_tests_pass_under_pytest_django(empty_db: str) -> None:
     """The pytest-django recipe of docs/django.md: ``pytest`` in the project runs the same suite and the recipe."""
     pytest.importorskip("pytest_django", reason="pytest-django is not installed (pip install pytest-django)")
     env = dict(os.environ)
-    env.update({"DJANGO_DB_NAME": empty_db, "CELERY_BROKER_URL": BROKER,
-                "PYTHONPATH": os.pathsep.join(p for p in (str(PROJECT), env.get("PYTHONPATH", "")) if p)})
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=str(PROJECT),
-                          env=env, capture_output=True, text=True, timeout=600)
+    env.update(
+        {
+            "DJANGO_DB_NAME": empty_db,
+            "CELERY_BROKER_URL": BROKER,
+            "PYTHONPATH": os.pathsep.join(p for p in (str(PROJECT), env.get("PYTHONPATH", "")) if p),
+        }
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+        cwd=str(PROJECT),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-6000:]
     assert "11 passed" in out, out[-3000:]
 
 
-SQLITE_SETTINGS = '''
+SQLITE_SETTINGS = """
 from dxf_celery.contrib.django import database_url
 SECRET_KEY = "x"
 USE_TZ = True
@@ -176,8 +198,8 @@ DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": %(name)
                          "OPTIONS": {"transaction_mode": "IMMEDIATE"}%(test)s}}
 CELERY_DXF_DATABASE_URL = database_url("default", DATABASES)
 DXF_CELERY_APP = "sqproj.capp:app"
-'''
-SQLITE_TESTS = '''
+"""
+SQLITE_TESTS = """
 from django.test import TestCase, TransactionTestCase
 from django.db import transaction
 from dxf_celery.contrib.django import get_dxf, submit_task
@@ -201,7 +223,7 @@ class Runs(TransactionTestCase):
             with transaction.atomic():
                 task = submit_task("sq-run", "noop")
             assert cluster.wait_task(task.id, timeout=60).state.value == "succeed"
-'''
+"""
 
 
 def _sqlite_project(root: Path, test_name: str | None) -> None:
@@ -210,17 +232,25 @@ def _sqlite_project(root: Path, test_name: str | None) -> None:
     (pkg / "__init__.py").write_text("")
     test = f', "TEST": {{"NAME": {test_name!r}}}' if test_name else ""
     (pkg / "settings.py").write_text(SQLITE_SETTINGS % {"name": str(root / "db.sqlite3"), "test": test})
-    (pkg / "capp.py").write_text("from celery import Celery\nfrom dxf_celery import DXF\n"
-                                 "app = Celery('sq', broker='memory://')\n"
-                                 "app.config_from_object('django.conf:settings', namespace='CELERY')\nDXF(app)\n")
+    (pkg / "capp.py").write_text(
+        "from celery import Celery\nfrom dxf_celery import DXF\n"
+        "app = Celery('sq', broker='memory://')\n"
+        "app.config_from_object('django.conf:settings', namespace='CELERY')\nDXF(app)\n"
+    )
     (pkg / "dxf_tasks.py").write_text("from dxf_celery.examples import noop  # registers 'noop'\n")
     (pkg / "tests.py").write_text(SQLITE_TESTS)
 
 
 def _django_test(root: Path) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, DJANGO_SETTINGS_MODULE="sqproj.settings", PYTHONPATH=str(root))
-    return subprocess.run([sys.executable, "-m", "django", "test", "sqproj", "--noinput"], cwd=str(root), env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "django", "test", "sqproj", "--noinput"],
+        cwd=str(root),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_sqlite_project_follows_a_file_test_database(tmp_path: Path) -> None:

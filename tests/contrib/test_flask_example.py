@@ -41,11 +41,20 @@ def empty_db() -> Iterator[str]:
 
 def test_flask_example_tests_pass(empty_db: str) -> None:
     env = dict(os.environ, SHOP_TEST_DATABASE_URL=empty_db, CELERY_BROKER_URL=BROKER)
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider"], cwd=str(PROJECT),
-                          env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider"],
+        cwd=str(PROJECT),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-6000:]
     assert "5 passed" in out, out[-3000:]
-    for name in ("test_rollback_leaves_neither_order_nor_task", "test_committed_order_runs_on_a_real_worker",
-                 "test_flask_dxf_commands"):
+    for name in (
+        "test_rollback_leaves_neither_order_nor_task",
+        "test_committed_order_runs_on_a_real_worker",
+        "test_flask_dxf_commands",
+    ):
         assert f"{name} PASSED" in out, name

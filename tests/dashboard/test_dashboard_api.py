@@ -45,7 +45,12 @@ def test_tasks_and_task_page_show_steps_nodes_rates_and_errors(task_manager: Tas
         assert listing.status == 200 and listing.headers["content-type"].startswith("application/json")
         (task,) = listing.json()["tasks"]
         assert (task["key"], task["state"], task["step"], task["step_index"], task["step_count"]) == (
-            "big", "running", 1, 1, 1)
+            "big",
+            "running",
+            1,
+            1,
+            1,
+        )
         (step,) = task["steps"]
         assert (step["total"], step["finished"], step["succeed"]) == (4, 3, 2)
         assert step["counts"] == {"failed": 1, "running": 1, "succeed": 2}
@@ -72,8 +77,14 @@ def test_tasks_and_task_page_show_steps_nodes_rates_and_errors(task_manager: Tas
 def test_finished_task_is_read_from_history(task_manager: TaskManager) -> None:
     task = running_task(task_manager, "old", exec_ids=["n1"], n=2)
     for s in task_manager.get_subtasks(task.id):
-        force_subtask(task_manager, s.id, state=SubtaskState.SUCCEED, summary='{"row_count": 5}',
-                      start_time=task.create_time, end_time=task.create_time)
+        force_subtask(
+            task_manager,
+            s.id,
+            state=SubtaskState.SUCCEED,
+            summary='{"row_count": 5}',
+            start_time=task.create_time,
+            end_time=task.create_time,
+        )
     assert task_manager.succeed(task.id)
     assert task_manager.transfer_tasks_to_history([task_manager.get_task_by_id(task.id)]) == 1
     with running_dashboard(task_manager) as client:
@@ -262,8 +273,14 @@ def test_worker_metrics_time_passes_and_count_sql_retries(task_manager: TaskMana
                 raise ConnectionError("database restarting")
             return 7
 
-        assert run_with_retry(flaky, is_retryable=lambda e: isinstance(e, ConnectionError),
-                              backoff=ExponentialBackoff(base=0.001, maximum=0.001)) == 7
+        assert (
+            run_with_retry(
+                flaky,
+                is_retryable=lambda e: isinstance(e, ConnectionError),
+                backoff=ExponentialBackoff(base=0.001, maximum=0.001),
+            )
+            == 7
+        )
         held = metrics.timed_pass("n1", lambda: True)
         assert held() is True
         assert metrics.timed_pass("n2", lambda: False)() is False
@@ -295,6 +312,10 @@ def test_grafana_dashboard_queries_only_metrics_that_exist(task_manager: TaskMan
     finally:
         metrics.close()
     doc = json.loads((REPO_ROOT / "docs" / "grafana-dxf.json").read_text())
-    queried = {m for panel in doc["panels"] for target in panel["targets"]
-               for m in re.findall(r"\bdxf_[a-z_]+", target["expr"])}
+    queried = {
+        m
+        for panel in doc["panels"]
+        for target in panel["targets"]
+        for m in re.findall(r"\bdxf_[a-z_]+", target["expr"])
+    }
     assert queried and queried <= exposed, sorted(queried - exposed)

@@ -35,13 +35,23 @@ CHILD = (
 
 
 def _spawn(tmp_path: Path, db_url: str, *args: str) -> tuple[subprocess.Popen[bytes], Path]:
-    env = dict(os.environ, DXF_E2E_DB_URL=db_url, PYTHONUNBUFFERED="1",
-               DXF_E2E_BROKER=os.environ.get("DXF_TEST_REDIS_URL", "redis://127.0.0.1:6379/3"))
+    env = dict(
+        os.environ,
+        DXF_E2E_DB_URL=db_url,
+        PYTHONUNBUFFERED="1",
+        DXF_E2E_BROKER=os.environ.get("DXF_TEST_REDIS_URL", "redis://127.0.0.1:6379/3"),
+    )
     env["PYTHONPATH"] = str(ROOT / "tests") + os.pathsep + str(ROOT)
     log = tmp_path / "dashboard.log"
     with open(log, "wb") as out:
-        popen = subprocess.Popen([sys.executable, "-c", CHILD, *args], cwd=str(ROOT), env=env, stdout=out,
-                                 stderr=subprocess.STDOUT, start_new_session=True)
+        popen = subprocess.Popen(
+            [sys.executable, "-c", CHILD, *args],
+            cwd=str(ROOT),
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     return popen, log
 
 
@@ -63,6 +73,7 @@ def test_celery_dxf_dashboard_serves_the_apps_database(tmp_path: Path) -> None:
         task_id = tm.create_task("via-celery", "e2e", 1)
         popen, log = _spawn(tmp_path, db_url, "--port", "0", "--enable-actions")
         try:
+
             def port() -> int | None:
                 assert popen.poll() is None, log.read_text()
                 found = re.search(r"DXF dashboard on http://127\.0\.0\.1:(\d+)/ \(actions on\)", log.read_text())
@@ -85,5 +96,7 @@ def test_celery_dxf_dashboard_refuses_a_public_address_without_a_token(tmp_path:
     popen, log = _spawn(tmp_path, f"sqlite:///{tmp_path / 'dxf.db'}", "--host", "0.0.0.0")
     assert popen.wait(60) == 1
     lines = [line for line in log.read_text().splitlines() if line.strip()]
-    assert lines == ["Error: refusing to listen on 0.0.0.0 without --token (or DXF_DASHBOARD_TOKEN): anyone who can "
-                     "reach it would see every task; bind 127.0.0.1 or set a token"]
+    assert lines == [
+        "Error: refusing to listen on 0.0.0.0 without --token (or DXF_DASHBOARD_TOKEN): anyone who can "
+        "reach it would see every task; bind 127.0.0.1 or set a token"
+    ]

@@ -57,7 +57,11 @@ class DashboardProcess:
         with open(self.log, "wb") as out:
             self.popen = subprocess.Popen(
                 [sys.executable, "-m", "dxf_celery.dashboard", "--database-url", db_url, "--port", "0", *args],
-                cwd=str(ROOT), env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                cwd=str(ROOT),
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
 
         def port() -> int | None:
@@ -91,19 +95,31 @@ class DashboardProcess:
 @pytest.fixture
 def browser(tmp_path: Path) -> Iterator[Any]:
     if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
-        pytest.fail("install Debian's chromium and chromium-driver (apt-get install chromium chromium-driver), "
-                    "or deselect the browser tests with -m 'not browser'")
+        pytest.fail(
+            "install Debian's chromium and chromium-driver (apt-get install chromium chromium-driver), "
+            "or deselect the browser tests with -m 'not browser'"
+        )
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--no-proxy-server",
-                 "--window-size=1400,900", f"--user-data-dir={tmp_path / 'chromium-profile'}"):
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--no-proxy-server",
+        "--window-size=1400,900",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+    ):
         options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER, log_output=str(tmp_path / "chromedriver.log")),
-                              options=options)
+    driver = webdriver.Chrome(
+        service=Service(CHROMEDRIVER, log_output=str(tmp_path / "chromedriver.log")), options=options
+    )
     try:
         yield driver
     finally:
@@ -111,8 +127,11 @@ def browser(tmp_path: Path) -> Iterator[Any]:
 
 
 def _metrics(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def _finished_in_bars(driver: Any, key: str) -> int:
@@ -166,10 +185,18 @@ def test_dashboard_follows_a_two_step_task_and_steers_it(e2e: E2E, browser: Any,
         def node_slots() -> dict[str, str]:
             return {n: _text(browser, f'tr.node[data-node="{n}"] td.slots') for n in ports}
 
-        wait_until(lambda: all(re.fullmatch(r"[0-2]/2", v) for v in node_slots().values()), 60, 0.2,
-                 "both nodes with their slots")
-        wait_until(lambda: any(_text(browser, f'tr.node[data-node="{n}"] td.lease') for n in ports), 60, 0.2,
-                 "the lease holder")
+        wait_until(
+            lambda: all(re.fullmatch(r"[0-2]/2", v) for v in node_slots().values()),
+            60,
+            0.2,
+            "both nodes with their slots",
+        )
+        wait_until(
+            lambda: any(_text(browser, f'tr.node[data-node="{n}"] td.lease') for n in ports),
+            60,
+            0.2,
+            "the lease holder",
+        )
         browser.save_screenshot(str(shots / "nodes.png"))
 
         # Task page: subtasks per node, for both nodes.
@@ -186,15 +213,17 @@ def test_dashboard_follows_a_two_step_task_and_steers_it(e2e: E2E, browser: Any,
         browser.save_screenshot(str(shots / "task.png"))
 
         # Pause and resume through the page's buttons.
-        wait_until(lambda: browser.find_elements(By.CSS_SELECTOR, 'button[data-action="pause"]'), 30, 0.2,
-                 "the pause button")
+        wait_until(
+            lambda: browser.find_elements(By.CSS_SELECTOR, 'button[data-action="pause"]'), 30, 0.2, "the pause button"
+        )
         assert e2e.dxf.get_task(task.id).state == TaskState.RUNNING, "the task ended before the pause"
         browser.find_element(By.CSS_SELECTOR, 'button[data-action="pause"]').click()
         wait_until(lambda: e2e.dxf.get_task(task.id).state == TaskState.PAUSED, 60, 0.1, "the task to pause")
         wait_until(lambda: "paused" in _text(browser, "h1 .state"), 30, 0.2, "the page to show paused")
         paused = e2e.dxf.get_subtasks(task.id)
         assert any(s.state == SubtaskState.PAUSED for s in paused) or all(
-            s.state != SubtaskState.RUNNING for s in paused)
+            s.state != SubtaskState.RUNNING for s in paused
+        )
         browser.save_screenshot(str(shots / "paused.png"))
         browser.find_element(By.CSS_SELECTOR, 'button[data-action="resume"]').click()
         wait_until(lambda: e2e.dxf.get_task(task.id).state != TaskState.PAUSED, 60, 0.1, "the task to resume")
@@ -202,8 +231,12 @@ def test_dashboard_follows_a_two_step_task_and_steers_it(e2e: E2E, browser: Any,
         assert done.state == TaskState.SUCCEED
 
         browser.get(dash.url + "/")
-        wait_until(lambda: "succeed" in _text(browser, f'tr.task[data-key="{key}"] .state'), 60, 0.2,
-                 "the finished task on the tasks page")
+        wait_until(
+            lambda: "succeed" in _text(browser, f'tr.task[data-key="{key}"] .state'),
+            60,
+            0.2,
+            "the finished task on the tasks page",
+        )
         browser.save_screenshot(str(shots / "finished.png"))
         target = os.environ.get("DXF_DASHBOARD_SCREENSHOT")
         if target:

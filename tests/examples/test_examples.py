@@ -58,8 +58,6 @@ def cluster(db_url: str) -> Iterator[LocalCluster]:
         yield c
 
 
-
-
 class Gate:
     """Lets the first ``free`` subtask runs through and holds the others until :meth:`open`.
 
@@ -252,9 +250,7 @@ def test_cancel_mid_import_reverts_and_cleans_the_table(
     assert table_rows(cluster.task_manager, task.id) == 0
 
 
-def test_pause_then_tampered_table_fails_verification(
-    cluster: LocalCluster, import_gate: Gate, tmp_path: Path
-) -> None:
+def test_pause_then_tampered_table_fails_verification(cluster: LocalCluster, import_gate: Gate, tmp_path: Path) -> None:
     """Rows deleted behind the task's back while it is paused: VERIFY catches it, the task reverts."""
     path = csvdata.generate_csv(tmp_path / "orders.csv", 3000, seed=4)
     task = cluster.submit_task("orders-tamper", csv_import.TASK_TYPE, meta=_throttled(path, 100, 50.0))
@@ -389,7 +385,9 @@ def test_history_keeps_no_target_password(cluster: LocalCluster, tmp_path: Path)
 
     wait_until(in_history, what="the task moved to history")
     stored = tm.get_task_by_id_with_history(task.id).meta
-    assert b"s3cret-pw" not in stored and json.loads(stored)["database_url"].startswith("postgresql+psycopg://postgres:***@")
+    assert b"s3cret-pw" not in stored and json.loads(stored)["database_url"].startswith(
+        "postgresql+psycopg://postgres:***@"
+    )
     target = csvtable.target_for(target_url)
     with target.write.begin() as conn:
         csvtable.build_table(table_name, [csvdata.Column(c.name) for c in GENERATED_COLUMNS]).drop(conn)

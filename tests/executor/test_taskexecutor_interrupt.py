@@ -242,9 +242,7 @@ class _SchedExt(SchedulerExtension):
 
 def test_local_cluster_cancel_stops_step_code_that_swallows_exception(cluster_url: str) -> None:
     swallower = Swallower()
-    register_task_type(
-        SWALLOW_TYPE, lambda ctx, task, param: BaseTaskExecutor(ctx, task, param, _ExecExt(swallower))
-    )
+    register_task_type(SWALLOW_TYPE, lambda ctx, task, param: BaseTaskExecutor(ctx, task, param, _ExecExt(swallower)))
     register_scheduler_factory(SWALLOW_TYPE, lambda ctx, task, param: BaseScheduler(ctx, task, param, _SchedExt()))
     with LocalCluster(cluster_url, nodes=2, slots=2) as cluster:
         task = cluster.submit_task("swallow", SWALLOW_TYPE, meta=json.dumps({"subtasks": 2}).encode())

@@ -53,9 +53,7 @@ def test_slot_capacity_is_never_exceeded(cluster: Cluster) -> None:
     tt.behaviour = short_work
     tt.register()
     mgr = cluster.add("n1", slots=3)
-    task_ids = [
-        plan_task(tm, f"cap-{i}", "cap", ["n1"] * 3, concurrency=1 + i % 3, priority=500 + i) for i in range(6)
-    ]
+    task_ids = [plan_task(tm, f"cap-{i}", "cap", ["n1"] * 3, concurrency=1 + i % 3, priority=500 + i) for i in range(6)]
     for tid in task_ids:
         wait_until(lambda tid=tid: step_done(tm, tid, 1), what=f"task {tid}", timeout=60)
         tm.succeed(tid)

@@ -231,8 +231,7 @@ def test_manager_reconciles_slots_of_an_out_of_process_executor(task_manager: Ta
     for t in (tt, hog):
         t.block_on_ctx()
         t.register()
-    mgr = Manager(Context.background(), tm, "n1", NodeResource(4, 4 << 30), intervals=FAST,
-                  launcher=DetachedLauncher())
+    mgr = Manager(Context.background(), tm, "n1", NodeResource(4, 4 << 30), intervals=FAST, launcher=DetachedLauncher())
     mgr.init_meta()
     mgr.start()
     try:

@@ -250,8 +250,6 @@ def cluster_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]
     clear_task_executors()
 
 
-
-
 def scheduler_process(url: str, owner: str, stop: Any) -> None:
     """Child process body: run scheduler passes as ``owner`` until ``stop`` (an Event) is set."""
     from dataclasses import replace

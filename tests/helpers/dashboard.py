@@ -31,8 +31,15 @@ class Client:
     port: int
     token: str | None = None
 
-    def request(self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None,
-                *, auth: str | None = "bearer") -> Response:
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        *,
+        auth: str | None = "bearer",
+    ) -> Response:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
         all_headers = dict(headers or {})
         if self.token and auth == "bearer":

@@ -29,8 +29,6 @@ from dxf_celery.taskexecutor import (
 FAST = Intervals.fast()
 
 
-
-
 class RetryableError(Exception):
     """An error the test extension classifies as transient."""
 
@@ -286,7 +284,8 @@ def param_factory_fixture(task_manager: TaskManager) -> Callable[..., Param]:
 
     def make(exec_id: str = "n1", slots: int = 4, intervals: Intervals | None = None) -> Param:
         task_manager.init_meta(exec_id, "", slots)
-        return Param.for_test(task_manager, SlotManager(slots), NodeResource(slots, slots << 30), exec_id,
-                              intervals or FAST)
+        return Param.for_test(
+            task_manager, SlotManager(slots), NodeResource(slots, slots << 30), exec_id, intervals or FAST
+        )
 
     return make

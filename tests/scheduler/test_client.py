@@ -132,7 +132,10 @@ def test_each_client_submits_resolves_and_lists(which: str, celery_app: Celery, 
         client = MAKERS[which](celery_app, cluster)
         key = f"{which}-recover"
         task = client.submit_task(
-            key, TASK_TYPE, meta=demo_meta(steps=2, subtasks=3, fail=[1, 2], fail_times=1), concurrency=2,
+            key,
+            TASK_TYPE,
+            meta=demo_meta(steps=2, subtasks=3, fail=[1, 2], fail_times=1),
+            concurrency=2,
             extra_params=ExtraParams(manual_recovery=True),
         )
         assert task.extra_params.manual_recovery and task.concurrency == 2

@@ -33,8 +33,9 @@ def test_modify_pending_task(cluster_url: str) -> None:
 
 def test_modify_running_task(cluster_url: str) -> None:
     with LocalCluster(cluster_url, nodes=3, slots=8) as cluster:
-        task = cluster.submit_task("k", TASK_TYPE, meta=demo_meta(steps=2, subtasks=6, block=True, block_step=1),
-                                   concurrency=2)
+        task = cluster.submit_task(
+            "k", TASK_TYPE, meta=demo_meta(steps=2, subtasks=6, block=True, block_step=1), concurrency=2
+        )
         wait_until(lambda: RECORDER.running_of(task.id) == 3, what="subtasks running on the 3 nodes")
         cluster.modify_task(task.id, concurrency=4, max_node_count=2, modifications=BATCH)
         wait_until(lambda: cluster.get_task(task.id).state == TaskState.RUNNING, what="back to running")
@@ -43,8 +44,10 @@ def test_modify_running_task(cluster_url: str) -> None:
         active = cluster.task_manager.get_active_subtasks(task.id)
         assert {s.concurrency for s in active} == {4}
         # The balancer trims the task to 2 nodes.
-        wait_until(lambda: len({s.exec_id for s in cluster.task_manager.get_active_subtasks(task.id)}) <= 2,
-                   what="subtasks on at most 2 nodes")
+        wait_until(
+            lambda: len({s.exec_id for s in cluster.task_manager.get_active_subtasks(task.id)}) <= 2,
+            what="subtasks on at most 2 nodes",
+        )
         RECORDER.release()
         assert cluster.wait_task(task.id, timeout=TIMEOUT).state == TaskState.SUCCEED
         step2 = cluster.get_subtasks(task.id, 2)
@@ -70,8 +73,9 @@ def test_modify_paused_task(cluster_url: str) -> None:
 
 def test_higher_priority_task_preempts(cluster_url: str) -> None:
     with LocalCluster(cluster_url, nodes=1, slots=4) as cluster:
-        low = cluster.submit_task("low", TASK_TYPE, meta=demo_meta(steps=1, subtasks=2, block=True), concurrency=4,
-                                  priority=800)
+        low = cluster.submit_task(
+            "low", TASK_TYPE, meta=demo_meta(steps=1, subtasks=2, block=True), concurrency=4, priority=800
+        )
         wait_until(lambda: RECORDER.running_of(low.id) == 1, what="low running")
         high = cluster.submit_task("high", TASK_TYPE, meta=demo_meta(steps=1, subtasks=2), concurrency=4, priority=1)
         # The node has room for one of them: the high one takes it while the low one is still blocked.

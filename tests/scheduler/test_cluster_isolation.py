@@ -103,7 +103,9 @@ def cluster_process(url: str, index: int, isolated: bool, barrier: Any, results:
         barrier.wait(TIMEOUT)  # both clusters' nodes are registered before either submits
         tasks = [
             cluster.submit_task(
-                f"c{index}-{i}", TASK_TYPE, meta=demo_meta(steps=STEPS, subtasks=SUBTASKS),
+                f"c{index}-{i}",
+                TASK_TYPE,
+                meta=demo_meta(steps=STEPS, subtasks=SUBTASKS),
                 target_scope=cluster.scope,
             )
             for i in range(TASKS)
@@ -113,8 +115,13 @@ def cluster_process(url: str, index: int, isolated: bool, barrier: Any, results:
         with RECORDER.lock:
             runs = [(r.task_id, r.step, r.ordinal, r.exec_id) for r in RECORDER.runs]
         results.put(
-            {"nodes": cluster.node_ids, "scope": cluster.scope, "tasks": [t.id for t in tasks],
-             "states": states, "runs": runs}
+            {
+                "nodes": cluster.node_ids,
+                "scope": cluster.scope,
+                "tasks": [t.id for t in tasks],
+                "states": states,
+                "runs": runs,
+            }
         )
 
 

@@ -73,7 +73,9 @@ def test_planning_errors(cluster_url: str, step: int) -> None:
 def test_manual_recovery(cluster_url: str) -> None:
     with LocalCluster(cluster_url, nodes=2) as cluster:
         task = cluster.submit_task(
-            "k", TASK_TYPE, meta=demo_meta(steps=2, subtasks=3, fail=[1, 2], fail_times=1),
+            "k",
+            TASK_TYPE,
+            meta=demo_meta(steps=2, subtasks=3, fail=[1, 2], fail_times=1),
             extra_params=ExtraParams(manual_recovery=True),
         )
         wait_until(lambda: cluster.get_task(task.id).state == TaskState.AWAITING_RESOLUTION, what="awaiting")

@@ -22,7 +22,13 @@ from dxf_celery.storage import TaskManager
 def test_submit_and_get(task_manager: TaskManager) -> None:
     tm = task_manager
     task = handle.submit_task(
-        tm, "k1", "any-type", meta=b'{"a": 1}', concurrency=2, target_scope="gpu", max_node_count=3,
+        tm,
+        "k1",
+        "any-type",
+        meta=b'{"a": 1}',
+        concurrency=2,
+        target_scope="gpu",
+        max_node_count=3,
         extra_params=ExtraParams(manual_recovery=True),
     )
     assert (task.key, task.type, task.state, task.step) == ("k1", "any-type", TaskState.PENDING, STEP_INIT)

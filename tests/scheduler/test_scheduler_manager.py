@@ -304,7 +304,10 @@ def test_modify(task_manager: TaskManager, start: str) -> None:
     before = state(tm, task.id)
     assert before.value == start
     handle.modify_task(
-        tm, task.id, concurrency=4, max_node_count=2,
+        tm,
+        task.id,
+        concurrency=4,
+        max_node_count=2,
         modifications=[Modification(ModificationType.BATCH_SIZE.value, 77)],
     )
     assert state(tm, task.id) == TaskState.MODIFYING

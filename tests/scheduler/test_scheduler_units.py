@@ -12,8 +12,15 @@ from dxf_celery.scheduler.balancer import plan_moves
 
 def _task(task_id: int, concurrency: int = 1, priority: int = 512, max_node_count: int = 0) -> TaskBase:
     return TaskBase(
-        id=task_id, key=f"k{task_id}", type="t", state=TaskState.RUNNING, step=1, priority=priority,
-        concurrency=concurrency, create_time=datetime(2026, 1, 1), max_node_count=max_node_count,
+        id=task_id,
+        key=f"k{task_id}",
+        type="t",
+        state=TaskState.RUNNING,
+        step=1,
+        priority=priority,
+        concurrency=concurrency,
+        create_time=datetime(2026, 1, 1),
+        max_node_count=max_node_count,
     )
 
 
@@ -65,8 +72,9 @@ def test_adjust_eligible_nodes_prefers_free_ones() -> None:
 
 
 def test_balance_spreads_pending_keeps_running() -> None:
-    active = _subs(("a", "running"), ("a", "pending"), ("a", "pending"), ("a", "pending"), ("a", "pending"),
-                   ("a", "pending"))
+    active = _subs(
+        ("a", "running"), ("a", "pending"), ("a", "pending"), ("a", "pending"), ("a", "pending"), ("a", "pending")
+    )
     moves, holding = plan_moves(_task(1), active, ["a", "b", "c"], {}, 8)
     after = Counter({"a": 6})
     for m in moves:

@@ -25,8 +25,12 @@ def raw_connection(db_kind: str, db_url: str) -> Iterator[tuple[str, Any]]:
     if db_kind == "sqlite":
         # Opened as Django opens it: declared types are converted by the driver already.
         sqlite3.register_converter("datetime", lambda b: datetime.fromisoformat(b.decode()))
-        raw: Any = sqlite3.connect(str(url.database), isolation_level="DEFERRED", check_same_thread=False,
-                                   detect_types=sqlite3.PARSE_DECLTYPES | sqlite3.PARSE_COLNAMES)
+        raw: Any = sqlite3.connect(
+            str(url.database),
+            isolation_level="DEFERRED",
+            check_same_thread=False,
+            detect_types=sqlite3.PARSE_DECLTYPES | sqlite3.PARSE_COLNAMES,
+        )
         yield "sqlite://", raw
     elif db_kind == "postgresql":
         raw = psycopg.connect(dbname=url.database, user=url.username, host=url.host, port=url.port or 5432)
@@ -89,7 +93,14 @@ def test_borrowed_connection_never_ends_the_owners_transaction(tmp_path: Path) -
 def test_offline_sql_is_the_alembic_ddl() -> None:
     statements = offline_sql("postgresql+psycopg://", None, "0001")
     created = {s.split()[2] for s in statements if s.startswith("CREATE TABLE")}
-    assert created == {"dxf_alembic_version", "dxf_lease", "dxf_node", "dxf_subtask", "dxf_subtask_history",
-                       "dxf_task", "dxf_task_history"}
+    assert created == {
+        "dxf_alembic_version",
+        "dxf_lease",
+        "dxf_node",
+        "dxf_subtask",
+        "dxf_subtask_history",
+        "dxf_task",
+        "dxf_task_history",
+    }
     assert any(s.startswith("INSERT INTO dxf_alembic_version") and "'0001'" in s for s in statements)
     assert not any(s.upper() in ("BEGIN", "COMMIT") for s in statements)

@@ -48,7 +48,16 @@ LAYERS: dict[str, int] = {
 }
 #: The DXF core: runs without Celery, so it never imports Celery, kombu, or the layers that do.
 CORE = (
-    "proto", "transitions", "errors", "context", "retry", "storage", "taskexecutor", "scheduler", "handle", "client",
+    "proto",
+    "transitions",
+    "errors",
+    "context",
+    "retry",
+    "storage",
+    "taskexecutor",
+    "scheduler",
+    "handle",
+    "client",
     "testing",
 )
 CELERY_SIDE = ("app", "worker", "cli", "contrib", "settings")
@@ -279,7 +288,10 @@ _BLOCKED_RUN = textwrap.dedent(
 
 def test_reading_states_and_the_executor_core_needs_no_sqlalchemy() -> None:
     result = subprocess.run(
-        [sys.executable, "-c", _BLOCKED_RUN], capture_output=True, text=True, timeout=120,
+        [sys.executable, "-c", _BLOCKED_RUN],
+        capture_output=True,
+        text=True,
+        timeout=120,
         cwd=PACKAGE.parent,
     )
     assert result.returncode == 0, result.stderr

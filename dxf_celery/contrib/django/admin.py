@@ -33,10 +33,20 @@ class _ReadOnly(admin.ModelAdmin):  # type: ignore[misc]  # Django ships no type
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
         return [f.name for f in self.model._meta.fields] + list(self.readonly_fields)
 
-    def changeform_view(self, request: HttpRequest, object_id: str | None = None, form_url: str = "",
-                        extra_context: dict[str, Any] | None = None) -> Any:
-        extra = {"show_save": False, "show_save_and_continue": False, "show_save_and_add_another": False,
-                 "show_delete": False, **(extra_context or {})}
+    def changeform_view(
+        self,
+        request: HttpRequest,
+        object_id: str | None = None,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> Any:
+        extra = {
+            "show_save": False,
+            "show_save_and_continue": False,
+            "show_save_and_add_another": False,
+            "show_delete": False,
+            **(extra_context or {}),
+        }
         return super().changeform_view(request, object_id, form_url, extra)
 
 
@@ -48,8 +58,12 @@ class SubtaskProgressFilter(admin.SimpleListFilter):  # type: ignore[misc]
     subtask_model: type[Subtask] | type[SubtaskHistory] = Subtask
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        return [("none", "no subtasks yet"), ("running", "subtasks running"), ("failed", "subtasks failed"),
-                ("done", "all subtasks succeeded")]
+        return [
+            ("none", "no subtasks yet"),
+            ("running", "subtasks running"),
+            ("failed", "subtasks failed"),
+            ("done", "all subtasks succeeded"),
+        ]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any] | None:
         subtasks = self.subtask_model.objects.filter(task_id=OuterRef("id"))
@@ -61,8 +75,7 @@ class SubtaskProgressFilter(admin.SimpleListFilter):  # type: ignore[misc]
         if value == "failed":
             return queryset.filter(Exists(subtasks.filter(state=SubtaskState.FAILED.value)))
         if value == "done":
-            return queryset.filter(Exists(subtasks)).exclude(
-                Exists(subtasks.exclude(state=SubtaskState.SUCCEED.value)))
+            return queryset.filter(Exists(subtasks)).exclude(Exists(subtasks.exclude(state=SubtaskState.SUCCEED.value)))
         return None
 
 
@@ -77,8 +90,18 @@ def _subtask_rows(task_id: int) -> list[Subtask | SubtaskHistory]:
 
 
 class _TaskAdmin(_ReadOnly):
-    list_display = ("id", "task_key", "type", "state", "step", "progress", "concurrency", "priority",
-                    "create_time", "state_update_time")
+    list_display = (
+        "id",
+        "task_key",
+        "type",
+        "state",
+        "step",
+        "progress",
+        "concurrency",
+        "priority",
+        "create_time",
+        "state_update_time",
+    )
     list_display_links = ("id", "task_key")
     list_filter: tuple[Any, ...] = ("state", "type", "step")
     search_fields = ("task_key",)
@@ -103,18 +126,18 @@ class _TaskAdmin(_ReadOnly):
         if not rows:
             return format_html("<p>{}</p>", "no subtasks yet: the scheduler plans them on its next pass")
         body = format_html_join(
-            "", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             ((s.step, s.exec_id, s.ordinal, s.state, s.summary or "", s.error or "") for s in rows),
         )
         return format_html(
             "<table><thead><tr><th>step</th><th>node</th><th>ordinal</th><th>state</th><th>summary</th>"
-            "<th>error</th></tr></thead><tbody>{}</tbody></table>", body,
+            "<th>error</th></tr></thead><tbody>{}</tbody></table>",
+            body,
         )
 
 
-def _client_action(
-    verb: str, past: str, method: Callable[[Any, int], bool], description: str
-) -> Callable[..., None]:
+def _client_action(verb: str, past: str, method: Callable[[Any, int], bool], description: str) -> Callable[..., None]:
     """An admin action calling one client API method per selected task."""
 
     def action(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: Iterable[Task]) -> None:
@@ -126,21 +149,24 @@ def _client_action(
         if done:
             modeladmin.message_user(request, f"{past}: {', '.join(done)}", messages.SUCCESS)
         if skipped:
-            modeladmin.message_user(request, f"not {past} (their state does not allow it): {', '.join(skipped)}",
-                                    messages.WARNING)
+            modeladmin.message_user(
+                request, f"not {past} (their state does not allow it): {', '.join(skipped)}", messages.WARNING
+            )
 
     action.__name__ = f"{verb}_tasks"
     decorated: Callable[..., None] = admin.action(description=description, permissions=["change"])(action)
     return decorated
 
 
-cancel_tasks = _client_action("cancel", "cancelled", lambda dxf, i: bool(dxf.cancel_task(i)),
-                              "Cancel selected tasks")
+cancel_tasks = _client_action("cancel", "cancelled", lambda dxf, i: bool(dxf.cancel_task(i)), "Cancel selected tasks")
 pause_tasks = _client_action("pause", "paused", lambda dxf, i: bool(dxf.pause_task(i)), "Pause selected tasks")
-resume_tasks = _client_action("resume", "resumed", lambda dxf, i: bool(dxf.resume_task(i)),
-                              "Resume selected tasks")
-resolve_tasks = _client_action("resolve", "resolved", lambda dxf, i: bool(dxf.resolve_task(i)),
-                               "Resolve selected tasks (rerun their failed subtasks)")
+resume_tasks = _client_action("resume", "resumed", lambda dxf, i: bool(dxf.resume_task(i)), "Resume selected tasks")
+resolve_tasks = _client_action(
+    "resolve",
+    "resolved",
+    lambda dxf, i: bool(dxf.resolve_task(i)),
+    "Resolve selected tasks (rerun their failed subtasks)",
+)
 
 
 @admin.register(Task)

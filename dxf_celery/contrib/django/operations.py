@@ -50,8 +50,11 @@ class AlembicRevision(Operation):  # type: ignore[misc]  # Django ships no type 
         self.down_revision = down_revision
 
     def deconstruct(self) -> tuple[str, list[Any], dict[str, Any]]:
-        return (f"{__name__}.{type(self).__name__}", [], {"revision": self.revision,
-                                                            "down_revision": self.down_revision})
+        return (
+            f"{__name__}.{type(self).__name__}",
+            [],
+            {"revision": self.revision, "down_revision": self.down_revision},
+        )
 
     def state_forwards(self, app_label: str, state: Any) -> None:
         """The tables are unmanaged models: the Django state is in the CreateModel operations."""

@@ -69,8 +69,9 @@ def follow_connection(connection: Any) -> None:
             f"(an in-memory SQLite test database?), and DXF would keep writing to the configured one; set "
             f"DATABASES[{connection.alias!r}]['TEST']['NAME'] to a file"
         )
-    logger.info("dxf follows DATABASES[%r] to its test database %s", connection.alias,
-                connection.settings_dict.get("NAME"))
+    logger.info(
+        "dxf follows DATABASES[%r] to its test database %s", connection.alias, connection.settings_dict.get("NAME")
+    )
     retarget(dxf, now_url)
     _following[connection.alias] = now_key
 

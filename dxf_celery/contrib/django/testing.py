@@ -36,8 +36,9 @@ def local_cluster(
     same test database) never waits for them to time out.
     """
     kwargs.setdefault("migrate_db", False)
-    cluster = LocalCluster(get_dxf().settings.database_url, nodes=nodes, slots=slots,
-                           check_interval=check_interval, **kwargs)
+    cluster = LocalCluster(
+        get_dxf().settings.database_url, nodes=nodes, slots=slots, check_interval=check_interval, **kwargs
+    )
     cluster.start()
     try:
         yield cluster

@@ -96,13 +96,26 @@ def submit_task(
     alias = transaction_alias(dxf, using)
     if alias is None:
         return dxf.submit_task(
-            key, task_type, meta=meta, concurrency=concurrency, priority=priority, target_scope=target_scope,
-            max_node_count=max_node_count, extra_params=extra_params,
+            key,
+            task_type,
+            meta=meta,
+            concurrency=concurrency,
+            priority=priority,
+            target_scope=target_scope,
+            max_node_count=max_node_count,
+            extra_params=extra_params,
         )
     with transaction.atomic(using=alias):
         task = handle.submit_task(
-            task_manager_for(alias), key, task_type, meta=meta, concurrency=concurrency, priority=priority,
-            target_scope=target_scope, max_node_count=max_node_count, extra_params=extra_params,
+            task_manager_for(alias),
+            key,
+            task_type,
+            meta=meta,
+            concurrency=concurrency,
+            priority=priority,
+            target_scope=target_scope,
+            max_node_count=max_node_count,
+            extra_params=extra_params,
         )
     transaction.on_commit(dxf.wake, using=alias)
     return task

@@ -102,8 +102,13 @@ class TestDatabaseTests(TestCase):
         # tables exist there and the count below is a real check.
         must_exist = os.environ.get("DXF_EXAMPLE_REAL_DB_MIGRATED") == "1"
         try:
-            conn = psycopg.connect(dbname=real, user=settings["USER"], host=settings["HOST"],
-                                   port=settings["PORT"] or 5432, password=settings["PASSWORD"] or None)
+            conn = psycopg.connect(
+                dbname=real,
+                user=settings["USER"],
+                host=settings["HOST"],
+                port=settings["PORT"] or 5432,
+                password=settings["PASSWORD"] or None,
+            )
         except psycopg.OperationalError:
             if must_exist:
                 raise
@@ -159,15 +164,18 @@ class EndToEndTests(TransactionTestCase):
     def test_cancel_action_cancels_a_running_task(self) -> None:
         with local_cluster() as cluster:
             task_id = post_order(self.client, key="cx-1", items=2, sleep=60).json()["id"]
-            wait_for(lambda: Subtask.objects.filter(task_id=task_id, state="running").exists(),
-                     what="a running subtask")
+            wait_for(
+                lambda: Subtask.objects.filter(task_id=task_id, state="running").exists(), what="a running subtask"
+            )
             response = self.client.post(
                 "/admin/dxf_celery/task/", {"action": "cancel_tasks", "_selected_action": [str(task_id)]}
             )
             self.assertEqual(response.status_code, 302)
             done = cluster.wait_task(task_id, timeout=60, raise_error=False)
-            wait_for(lambda: TaskHistory.objects.filter(id=task_id, state="reverted").exists(),
-                     what="the cancelled task to reach history")
+            wait_for(
+                lambda: TaskHistory.objects.filter(id=task_id, state="reverted").exists(),
+                what="the cancelled task to reach history",
+            )
         self.assertEqual(done.state, TaskState.REVERTED)
         self.assertIn("cancel", str(done.error))
         self.assertFalse(Subtask.objects.filter(task_id=task_id).exists())
@@ -185,9 +193,30 @@ class RealWorkerTests(TransactionTestCase):
         celery = str(Path(sys.executable).with_name("celery"))
         with open(self.log, "wb") as out:
             self.worker = subprocess.Popen(
-                [celery, "-A", "shop", "worker", "-B", "-s", str(Path(self.tmp.name) / "beat"), "-n", "ex@%h",
-                 "-P", "threads", "-c", "2", "--without-gossip", "--without-mingle", "-l", "info"],
-                cwd=str(PROJECT), env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                [
+                    celery,
+                    "-A",
+                    "shop",
+                    "worker",
+                    "-B",
+                    "-s",
+                    str(Path(self.tmp.name) / "beat"),
+                    "-n",
+                    "ex@%h",
+                    "-P",
+                    "threads",
+                    "-c",
+                    "2",
+                    "--without-gossip",
+                    "--without-mingle",
+                    "-l",
+                    "info",
+                ],
+                cwd=str(PROJECT),
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
 
     def tearDown(self) -> None:

@@ -1,8 +1,8 @@
 """The Flask example: an app factory with Celery, DXF, a blueprint and the ``flask dxf`` commands.
 
-    flask --app shop_flask run                      # the web app
-    celery -A shop_flask.make_celery worker -B      # a worker (with embedded beat)
-    flask --app shop_flask dxf list                 # the celery dxf commands
+flask --app shop_flask run                      # the web app
+celery -A shop_flask.make_celery worker -B      # a worker (with embedded beat)
+flask --app shop_flask dxf list                 # the celery dxf commands
 """
 
 from __future__ import annotations
@@ -57,8 +57,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     dxf_tasks.register()
     celery_init_app(app)
-    dxf_ext.init_app(app)              # app.extensions["dxf"]: the DXF of that Celery app
+    dxf_ext.init_app(app)  # app.extensions["dxf"]: the DXF of that Celery app
     db.init_app(app)
     app.register_blueprint(orders.bp)
-    app.cli.add_command(dxf_cli)       # flask dxf ...
+    app.cli.add_command(dxf_cli)  # flask dxf ...
     return app

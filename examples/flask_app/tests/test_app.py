@@ -100,10 +100,30 @@ def worker(app: Flask, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
     celery = str(Path(sys.executable).with_name("celery"))
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [celery, "-A", "shop_flask.make_celery", "worker", "-B", "-s", str(tmp_path / "beat"), "-n",
-             f"flask-{uuid.uuid4().hex[:6]}@%h", "-P", "threads", "-c", "2", "--without-gossip", "--without-mingle",
-             "-l", "info"],
-            cwd=str(PROJECT), env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                celery,
+                "-A",
+                "shop_flask.make_celery",
+                "worker",
+                "-B",
+                "-s",
+                str(tmp_path / "beat"),
+                "-n",
+                f"flask-{uuid.uuid4().hex[:6]}@%h",
+                "-P",
+                "threads",
+                "-c",
+                "2",
+                "--without-gossip",
+                "--without-mingle",
+                "-l",
+                "info",
+            ],
+            cwd=str(PROJECT),
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     proc.log = log  # type: ignore[attr-defined]
     yield proc

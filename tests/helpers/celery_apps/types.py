@@ -48,11 +48,27 @@ TASK_TYPE = "e2e"
 HOLD_POLL = 0.02
 
 
-def e2e_meta(record: str, *, steps: int = 2, subtasks: int = 4, sleep: float = 0.05, mode: str = "ctx",
-             idempotent: bool = True, hold: str | os.PathLike[str] | None = None) -> bytes:
-    return json.dumps({"steps": steps, "subtasks": subtasks, "sleep": sleep, "mode": mode,
-                       "idempotent": idempotent, "record": record,
-                       "hold": os.fspath(hold) if hold is not None else None}).encode()
+def e2e_meta(
+    record: str,
+    *,
+    steps: int = 2,
+    subtasks: int = 4,
+    sleep: float = 0.05,
+    mode: str = "ctx",
+    idempotent: bool = True,
+    hold: str | os.PathLike[str] | None = None,
+) -> bytes:
+    return json.dumps(
+        {
+            "steps": steps,
+            "subtasks": subtasks,
+            "sleep": sleep,
+            "mode": mode,
+            "idempotent": idempotent,
+            "record": record,
+            "hold": os.fspath(hold) if hold is not None else None,
+        }
+    ).encode()
 
 
 def release(hold: str | os.PathLike[str]) -> None:

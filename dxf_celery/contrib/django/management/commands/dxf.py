@@ -52,8 +52,7 @@ class Command(BaseCommand):  # type: ignore[misc]  # Django ships no type hints
 
         app = get_dxf().app
         try:
-            code = celery_dxf.main(args=words or ["--help"], prog_name="manage.py dxf", standalone_mode=False,
-                                   obj=app)
+            code = celery_dxf.main(args=words or ["--help"], prog_name="manage.py dxf", standalone_mode=False, obj=app)
         except click.exceptions.Abort:
             raise CommandError("aborted") from None
         except click.ClickException as err:
@@ -69,13 +68,15 @@ class Command(BaseCommand):  # type: ignore[misc]  # Django ships no type hints
         alias = configured_alias()
         if alias is not None and dxf_uses_alias(dxf, alias):
             if ns.revision != "head":
-                raise CommandError("dxf migrate: the DXF tables are in DATABASES; use `manage.py migrate dxf_celery "
-                                   "<migration>` to pick a revision")
-            call_command("migrate", "dxf_celery", database=alias, verbosity=options.get("verbosity", 1),
-                         stdout=self.stdout)
+                raise CommandError(
+                    "dxf migrate: the DXF tables are in DATABASES; use `manage.py migrate dxf_celery "
+                    "<migration>` to pick a revision"
+                )
+            call_command(
+                "migrate", "dxf_celery", database=alias, verbosity=options.get("verbosity", 1), stdout=self.stdout
+            )
             return
         from dxf_celery.storage import migrate
 
         migrate(dxf.settings.database_url, ns.revision)
         self.stdout.write(f"dxf tables at revision {ns.revision} in {dxf.task_manager.url}")
-

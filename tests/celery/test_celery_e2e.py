@@ -1,5 +1,9 @@
-"""End-to-end: real ``celery worker`` and ``celery beat`` processes, Redis (db from
-``DXF_TEST_REDIS_URL``) and PostgreSQL, tasks submitted from this test process.
+"""End-to-end: real ``celery worker`` and ``celery beat`` processes, tasks submitted from this test process.
+
+The main scenarios (multi-step over two nodes, cancel and pause on prefork and threads,
+Celery's SIGUSR1 revoke, SIGKILL of a worker) run on every broker and server database users
+deploy on: Redis and RabbitMQ, PostgreSQL and MariaDB (ids such as ``[rabbitmq-mariadb]``;
+``DXF_TEST_DATABASES`` drops the MariaDB ones). The others run on Redis + PostgreSQL.
 
 Every wait polls SQL (or the run log the ``e2e`` task type writes) with a generous timeout;
 no assertion is about wall-clock time. Work that a test must catch in the middle (to cancel,
@@ -11,7 +15,6 @@ are printed when a test fails.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections import Counter
@@ -22,10 +25,11 @@ from typing import Any
 
 import pytest
 from celery import Celery
+from helpers.celery_apps.brokers import fresh_broker
 from helpers.celery_apps.dxf_app import FAST_SETTINGS, create_app
 from helpers.celery_apps.harness import CeleryProcesses, RunEvent, max_parallel_by_node, read_record
 from helpers.celery_apps.types import e2e_meta, release
-from helpers.db import make_db_url
+from helpers.db import SELECTED, make_db_url
 from helpers.waiting import wait_until
 
 from dxf_celery import DXF
@@ -34,9 +38,25 @@ from dxf_celery.scheduler.manager import LEASE_NAME
 
 pytestmark = [pytest.mark.celery, pytest.mark.slow]
 
-REDIS_URL = os.environ.get("DXF_TEST_REDIS_URL", "redis://127.0.0.1:6379/3")
-POOLS = ["prefork", "threads", "solo"]
+POOLS = ["prefork", "threads"]
 LEASE_TTL = float(FAST_SETTINGS["dxf_lease_ttl"])
+#: (broker, database) pairs of the main scenarios; the first is every other test's.
+STACKS = [(b, d) for b in ("redis", "rabbitmq") for d in ("postgresql", "mariadb")
+          if d == "postgresql" or d in SELECTED]
+
+
+def _stack_id(stack: tuple[str, str]) -> str:
+    return "-".join(stack)
+
+
+def on_stacks(*pools: str, first_only: tuple[str, ...] = ()) -> pytest.MarkDecorator:
+    """Run a test on every (broker, database) of :data:`STACKS`, crossed with ``pools`` if given;
+    the ``first_only`` pools run on the first stack alone (Redis + PostgreSQL)."""
+    if not pools:
+        return pytest.mark.parametrize("e2e", STACKS, indirect=True, ids=_stack_id)
+    cases = [pytest.param(stack, pool, id=f"{_stack_id(stack)}-{pool}") for stack in STACKS for pool in pools]
+    cases += [pytest.param(STACKS[0], pool, id=f"{_stack_id(STACKS[0])}-{pool}") for pool in first_only]
+    return pytest.mark.parametrize(("e2e", "pool"), cases, indirect=["e2e"])
 
 
 @dataclass
@@ -61,16 +81,6 @@ class E2E:
                 if s.state == SubtaskState.RUNNING and (exec_id is None or s.exec_id == exec_id)]
 
 
-def _flush_redis(url: str) -> None:
-    import redis
-
-    client = redis.Redis.from_url(url)
-    try:
-        client.flushdb()
-    finally:
-        client.close()
-
-
 def _make_e2e(tmp_path: Path, broker: str, db_url: str,
               fs_dir: str | None = None) -> Iterator[E2E]:
     app, dxf = create_app(broker=broker, db_url=db_url, fs_dir=fs_dir)
@@ -88,10 +98,10 @@ def _make_e2e(tmp_path: Path, broker: str, db_url: str,
 
 
 @pytest.fixture
-def e2e(tmp_path: Path) -> Iterator[E2E]:
-    """Redis broker + PostgreSQL tables (always PostgreSQL, whatever the SQL matrix), no process yet."""
-    _flush_redis(REDIS_URL)
-    yield from _make_e2e(tmp_path, REDIS_URL, make_db_url("postgresql", tmp_path))
+def e2e(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[E2E]:
+    """An empty broker and clean tables, no process yet: Redis + PostgreSQL unless :func:`on_stacks` says."""
+    broker, database = getattr(request, "param", STACKS[0])
+    yield from _make_e2e(tmp_path, fresh_broker(broker), make_db_url(database, tmp_path))
 
 
 def _ok_runs(events: list[RunEvent], task_id: int) -> Counter[tuple[int, int]]:
@@ -109,6 +119,7 @@ def _assert_each_subtask_ran_once(events: list[RunEvent], task_id: int, steps: i
 # ---------------------------------------------------------------------- the happy path
 
 
+@on_stacks()
 def test_multi_step_tasks_run_each_subtask_once_over_two_nodes_within_slots(e2e: E2E) -> None:
     e2e.procs.start_worker("w1@e2e", pool="prefork", concurrency=3, slots=2)
     e2e.procs.start_worker("w2@e2e", pool="prefork", concurrency=3, slots=2)
@@ -130,7 +141,7 @@ def test_multi_step_tasks_run_each_subtask_once_over_two_nodes_within_slots(e2e:
 # ---------------------------------------------------------------------- cancel, pause, resume
 
 
-@pytest.mark.parametrize("pool", POOLS)
+@on_stacks(*POOLS, first_only=("solo",))
 def test_cancel_stops_a_subtask_blocked_in_python(e2e: E2E, pool: str) -> None:
     e2e.procs.start_worker("w1@e2e", pool=pool, concurrency=3, slots=2)
     e2e.procs.start_worker("w2@e2e", pool=pool, concurrency=3, slots=2)
@@ -160,7 +171,7 @@ def test_cancel_stops_a_subtask_blocked_in_python(e2e: E2E, pool: str) -> None:
     assert e2e.procs.procs["w1@e2e"].alive() and e2e.procs.procs["w2@e2e"].alive()
 
 
-@pytest.mark.parametrize("pool", ["prefork", "threads"])
+@pytest.mark.parametrize("pool", POOLS)
 def test_cancel_stops_step_code_that_swallows_exception(e2e: E2E, pool: str) -> None:
     """``except Exception: pass`` around sleeps cannot keep a cancelled subtask running."""
     e2e.procs.start_worker("w1@e2e", pool=pool, concurrency=3, slots=2)
@@ -178,7 +189,7 @@ def test_cancel_stops_step_code_that_swallows_exception(e2e: E2E, pool: str) -> 
     assert e2e.procs.procs["w1@e2e"].alive()
 
 
-@pytest.mark.parametrize("pool", POOLS)
+@on_stacks(*POOLS, first_only=("solo",))
 def test_pause_then_resume_succeeds(e2e: E2E, pool: str) -> None:
     e2e.procs.start_worker("w1@e2e", pool=pool, concurrency=3, slots=2)
     e2e.procs.start_worker("w2@e2e", pool=pool, concurrency=3, slots=2)
@@ -200,6 +211,7 @@ def test_pause_then_resume_succeeds(e2e: E2E, pool: str) -> None:
     assert set(ok) == expected and all(n == 1 for n in ok.values()), ok
 
 
+@on_stacks()
 def test_celery_revoke_with_sigusr1_cancels_the_executor_cooperatively(e2e: E2E) -> None:
     """``revoke(id, terminate=True, signal="SIGUSR1")`` (Flower's revoke button) = executor cancel()."""
     e2e.procs.start_worker("w1@e2e", pool="prefork", concurrency=2, slots=2)
@@ -232,6 +244,7 @@ def test_celery_revoke_with_sigusr1_cancels_the_executor_cooperatively(e2e: E2E)
 
 
 @pytest.mark.parametrize("idempotent", [True, False], ids=["idempotent", "non-idempotent"])
+@on_stacks()
 def test_sigkilled_worker(e2e: E2E, idempotent: bool) -> None:
     e2e.procs.start_worker("w1@e2e", pool="prefork", concurrency=3, slots=2)
     e2e.procs.start_worker("w2@e2e", pool="prefork", concurrency=3, slots=2)

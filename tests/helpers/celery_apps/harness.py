@@ -84,8 +84,7 @@ class CeleryProcesses:
         extra_env: dict[str, str] | None = None, extra_args: tuple[str, ...] = (), wait: bool = True,
     ) -> Proc:
         env = {"DXF_E2E_SLOTS": str(slots), **(extra_env or {})}
-        args = ["worker", "-n", name, "-P", pool, "-c", str(concurrency), "--without-gossip", "--without-mingle",
-                "-l", "info", *extra_args]
+        args = ["worker", "-n", name, "-P", pool, "-c", str(concurrency), "-l", "info", *extra_args]
         proc = self._spawn(name, args, env)
         if wait:
             self.wait_node(name)

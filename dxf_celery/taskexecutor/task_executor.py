@@ -14,7 +14,6 @@ subtask ctx was cancelled is interrupted by the watcher (:mod:`.interrupt`).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 import time
@@ -36,6 +35,7 @@ from dxf_celery.retry import run_with_retry
 from dxf_celery.taskexecutor import interrupt
 from dxf_celery.taskexecutor.execute import StepExecFrameworkInfo, StepExecutor
 from dxf_celery.taskexecutor.interfaces import Extension
+from dxf_celery.taskexecutor.live_changes import apply_live_changes
 from dxf_celery.taskexecutor.ownership import SubtaskMovedAwayError, check_ownership
 from dxf_celery.taskexecutor.param import Param
 
@@ -470,34 +470,8 @@ class BaseTaskExecutor:
             return True
         with self._lock:
             old = self._task
-        slots = self.param.slot_manager
-        resources = self.param.node_resource
-        applied = old
-        if new.concurrency < old.concurrency:
-            try:
-                step_exec.resource_modified(subtask_ctx, resources.step_resource(new))
-            except Exception as err:
-                logger.info("task %d: cannot shrink live to %d slots: %s", new.id, new.concurrency, err)
-            else:
-                slots.exchange(new)
-                step_exec.resource = resources.step_resource(new)
-                applied = dataclasses.replace(applied, concurrency=new.concurrency)
-        elif new.concurrency > old.concurrency and slots.exchange(new):
-            try:
-                step_exec.resource_modified(subtask_ctx, resources.step_resource(new))
-            except Exception as err:
-                logger.info("task %d: cannot grow live to %d slots: %s", new.id, new.concurrency, err)
-                slots.exchange(old)
-            else:
-                step_exec.resource = resources.step_resource(new)
-                applied = dataclasses.replace(applied, concurrency=new.concurrency)
-        if new.meta != old.meta:
-            try:
-                step_exec.task_meta_modified(subtask_ctx, new.meta)
-            except Exception as err:
-                logger.info("task %d: cannot apply the new meta live: %s", new.id, err)
-            else:
-                applied = dataclasses.replace(applied, meta=new.meta)
+        param = self.param
+        applied = apply_live_changes(step_exec, subtask_ctx, old, new, param.slot_manager, param.node_resource)
         if applied is not old:
             with self._lock:
                 if self._task is old:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Select, Table, func, insert, literal, select, union_all
+from sqlalchemy import Connection, Select, Table, case, func, insert, literal, select, union_all
 from sqlalchemy import exc as sa_exc
 
 from dxf_celery.errors import InvalidTaskError, TaskAlreadyExistsError, TaskNotFoundError
@@ -212,7 +212,10 @@ class TaskReads(StorageBase):
         with_history: bool = True,
         limit: int = DEFAULT_LIST_LIMIT,
     ) -> list[Task]:
-        """Tasks (live first, then history) in rank order, optionally filtered by state."""
+        """Live tasks in rank order, then finished ones from history, newest first; optionally by state.
+
+        Newest first in history so a small ``limit`` shows the latest finished tasks, not the oldest.
+        """
 
         def part(table: Table, source: int) -> Select[Any]:
             stmt = select(literal(source).label("source"), *table.c)
@@ -220,7 +223,17 @@ class TaskReads(StorageBase):
 
         tables = [task_table, task_history_table] if with_history else [task_table]
         rows = union_all(*(part(t, i) for i, t in enumerate(tables))).subquery()
-        stmt = select(rows).order_by(rows.c.source, rows.c.priority, rows.c.create_time, rows.c.id).limit(limit)
+        live = rows.c.source == 0
+        stmt = (
+            select(rows)
+            .order_by(
+                rows.c.source,
+                case((live, rows.c.priority), else_=0),
+                case((live, rows.c.create_time), else_=None),
+                case((live, rows.c.id), else_=-rows.c.id),  # ids only grow: history newest first
+            )
+            .limit(limit)
+        )
         return self._read(lambda conn: [task_from_row(r) for r in conn.execute(stmt)])
 
     def get_task_exec_info_by_exec_id(self, exec_id: str) -> list[TaskExecInfo]:

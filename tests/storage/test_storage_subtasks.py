@@ -332,6 +332,20 @@ def test_transfer_tasks_to_history(task_manager: TaskManager) -> None:
     assert [t.key for t in task_manager.list_tasks(with_history=False)] == ["keep"]
 
 
+def test_list_shows_live_tasks_by_rank_then_the_newest_finished(task_manager: TaskManager) -> None:
+    tm = task_manager
+    live_low = new_task(tm, "live-low", priority=900)
+    live_high = new_task(tm, "live-high", priority=5)
+    finished = [new_task(tm, f"done-{i}") for i in range(3)]
+    for task in finished:
+        assert tm.fail(task.id, TaskState.PENDING, None)
+    assert tm.transfer_tasks_to_history([tm.get_task_by_id(t.id) for t in finished]) == 3
+    keys = [t.key for t in tm.list_tasks()]
+    assert keys == ["live-high", "live-low", "done-2", "done-1", "done-0"]
+    assert [t.key for t in tm.list_tasks(limit=3)] == ["live-high", "live-low", "done-2"]
+    assert {live_low.id, live_high.id} < {t.id for t in tm.list_tasks()}
+
+
 def test_gc_subtasks(task_manager: TaskManager) -> None:
     old = running_task(task_manager, "old", n=2)
     new = running_task(task_manager, "new", n=1)

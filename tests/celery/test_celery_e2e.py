@@ -282,6 +282,34 @@ def test_sigkilled_worker(e2e: E2E, idempotent: bool) -> None:
              what="the dead node to be removed")
 
 
+# ---------------------------------------------------------------------- remote control
+
+
+@pytest.mark.parametrize("e2e", [s for s in STACKS if s[1] == "postgresql"], indirect=True, ids=_stack_id)
+def test_remote_control_reaches_every_node(e2e: E2E) -> None:
+    """``dxf_wake`` (sent after user actions) and ``inspect dxf_node`` get through on each broker.
+
+    The scenarios above would pass without them (the node loops poll SQL): only the replies
+    show that the broadcast reached both nodes' mailboxes.
+    """
+    e2e.procs.start_worker("w1@e2e", pool="prefork", concurrency=2, slots=2)
+    e2e.procs.start_worker("w2@e2e", pool="threads", concurrency=2, slots=2)
+    nodes = {"w1@e2e", "w2@e2e"}
+
+    def replies(command: str) -> dict[str, Any] | None:
+        got: dict[str, Any] = {}
+        for reply in e2e.app.control.broadcast(command, reply=True, timeout=2) or []:
+            got.update(reply)
+        return got if set(got) >= nodes else None
+
+    # A worker's mailbox exists a moment after its node row: retry until both answer.
+    woken = wait_until(lambda: replies("dxf_wake"), 60, what="dxf_wake replies from both nodes")
+    assert all(woken[n] == {"ok": "woken"} for n in nodes), woken
+    described = wait_until(lambda: replies("dxf_node"), 60, what="dxf_node replies from both nodes")
+    assert all(described[n]["registered"] is True and described[n]["node"] == n for n in nodes), described
+    assert (described["w1@e2e"]["pool"], described["w2@e2e"]["pool"]) == ("prefork", "threads"), described
+
+
 # ---------------------------------------------------------------------- beat
 
 

@@ -12,10 +12,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers.celery_apps.brokers import fresh_broker
 from helpers.celery_apps.harness import CeleryProcesses
 from helpers.db import make_db_url
 from helpers.waiting import wait_until
-from test_celery_e2e import E2E, REDIS_URL, _flush_redis, _make_e2e
+from test_celery_e2e import E2E, _make_e2e
 
 from dxf_celery.proto import TaskState
 
@@ -24,8 +25,7 @@ pytestmark = [pytest.mark.celery, pytest.mark.slow]
 
 @pytest.fixture
 def e2e(tmp_path: Path) -> Iterator[E2E]:
-    _flush_redis(REDIS_URL)
-    yield from _make_e2e(tmp_path, REDIS_URL, make_db_url("postgresql", tmp_path))
+    yield from _make_e2e(tmp_path, fresh_broker("redis"), make_db_url("postgresql", tmp_path))
 
 
 def test_beat_and_workers_at_info_log_no_per_tick_lines(e2e: E2E, tmp_path: Path) -> None:

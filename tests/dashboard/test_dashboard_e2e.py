@@ -21,11 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers.celery_apps.brokers import fresh_broker
 from helpers.db import make_db_url
 from helpers.paths import REPO_ROOT
 from helpers.waiting import wait_until
 from prometheus_client.parser import text_string_to_metric_families
-from test_celery_e2e import E2E, REDIS_URL, _flush_redis, _make_e2e
+from test_celery_e2e import E2E, _make_e2e
 
 from dxf_celery.proto import SubtaskState, TaskState
 
@@ -38,8 +39,7 @@ ROOT = REPO_ROOT
 
 @pytest.fixture
 def e2e(tmp_path: Path) -> Iterator[E2E]:
-    _flush_redis(REDIS_URL)
-    yield from _make_e2e(tmp_path, REDIS_URL, make_db_url("postgresql", tmp_path))
+    yield from _make_e2e(tmp_path, fresh_broker("redis"), make_db_url("postgresql", tmp_path))
 
 
 def _free_port() -> int:

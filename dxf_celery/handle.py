@@ -197,8 +197,10 @@ def modify_task(
             )
         mods.append(Modification(ModificationType.CONCURRENCY.value, concurrency))
     if max_node_count is not None:
-        if isinstance(max_node_count, bool) or not isinstance(max_node_count, int) or max_node_count < 1:
-            raise InvalidTaskError(f"max_node_count must be an int >= 1 when modifying, got {max_node_count!r}")
+        if isinstance(max_node_count, bool) or not isinstance(max_node_count, int) or max_node_count < 0:
+            raise InvalidTaskError(
+                f"max_node_count must be an int >= 0 when modifying (0 removes the limit), got {max_node_count!r}"
+            )
         mods.append(Modification(ModificationType.MAX_NODE_COUNT.value, max_node_count))
     for mod in modifications:
         if not isinstance(mod, Modification):

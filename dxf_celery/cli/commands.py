@@ -211,7 +211,7 @@ _steer("resolve", Runtime.resolve_task, "only awaiting-resolution tasks; fix the
 @dxf.command()
 @click.argument("key_or_id")
 @click.option("--concurrency", type=click.IntRange(1), default=None, help="New slots per node.")
-@click.option("--max-node-count", type=click.IntRange(1), default=None, help="New node limit.")
+@click.option("--max-node-count", type=click.IntRange(0), default=None, help="New node limit (0: no limit).")
 @click.pass_context
 @user_errors
 def modify(ctx: click.Context, key_or_id: str, concurrency: int | None, max_node_count: int | None) -> None:

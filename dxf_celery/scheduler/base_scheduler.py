@@ -197,10 +197,10 @@ class BaseScheduler:
             if mod.type == ModificationType.CONCURRENCY.value:
                 task.concurrency = mod.to
             elif mod.type == ModificationType.MAX_NODE_COUNT.value:
-                if mod.to > 0:
-                    task.max_node_count = mod.to
+                if mod.to >= 0:
+                    task.max_node_count = mod.to  # 0: no limit, as at submit
                 else:
-                    logger.warning("task %d: ignoring max_node_count %d (must be > 0)", task.id, mod.to)
+                    logger.warning("task %d: ignoring max_node_count %d (must be >= 0)", task.id, mod.to)
             else:
                 meta_mods.append(mod)
         if meta_mods:

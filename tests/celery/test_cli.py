@@ -93,6 +93,12 @@ def test_submit_steer_modify_and_state_errors(app: Celery, task_manager: TaskMan
     res = run(app, "cancel", "job-1")
     assert res.exit_code == 1 and "it is pausing" in res.output
 
+    run(app, "submit", "job-0", "noop", "--max-node-count", "3")
+    res = run(app, "modify", "job-0", "--max-node-count", "0")  # 0 removes the limit
+    assert res.exit_code == 0, res.output
+    assert handle.get_task(task_manager, "job-0").modify_param is not None
+    assert run(app, "modify", "job-0", "--max-node-count", "-1").exit_code == 2
+
     run(app, "submit", "job-2", "noop")
     res = run(app, "modify", "job-2", "--concurrency", "1", "--max-node-count", "2")
     assert res.exit_code == 0, res.output

@@ -97,7 +97,7 @@ def test_control_calls_on_missing_or_wrong_state(task_manager: TaskManager) -> N
     with pytest.raises(TaskNotFoundError):
         handle.modify_task(tm, 999, concurrency=2)
     with pytest.raises(InvalidTaskError, match="max_node_count"):
-        handle.modify_task(tm, task.id, max_node_count=0)
+        handle.modify_task(tm, task.id, max_node_count=-1)
 
 
 def test_progress_of_unplanned_task(task_manager: TaskManager) -> None:

@@ -323,6 +323,10 @@ def test_modify(task_manager: TaskManager, start: str) -> None:
         subs = tm.get_subtasks(task.id, 1)
         assert {s.exec_id for s in subs} == {"n1", "n2"}  # max_node_count honoured by planning
         assert {s.concurrency for s in subs} == {4}
+    # 0 removes the limit again.
+    handle.modify_task(tm, task.id, max_node_count=0)
+    passes(m)
+    assert handle.get_task(tm, task.id).max_node_count == 0
 
 
 def test_modify_refuses_bad_requests(task_manager: TaskManager) -> None:

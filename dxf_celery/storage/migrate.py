@@ -11,7 +11,7 @@ from pathlib import Path
 from sqlalchemy import Engine
 from sqlalchemy.engine import URL, make_url
 
-from dxf_celery.errors import StorageUnavailableError
+from dxf_celery.errors import StorageSchemaError, StorageUnavailableError
 from dxf_celery.storage.engine import safe_url, translated_errors
 
 #: Alembic version table of dxf-celery (not ``alembic_version``, which the application may own).
@@ -48,20 +48,24 @@ def migrate(url: str | URL | Engine, revision: str = "head") -> None:
     """
     from alembic import command
     from alembic.config import Config
+    from alembic.util import CommandError
 
-    if isinstance(url, Engine):
-        engine = url
-        cfg = alembic_config(engine.url)
+    try:
+        if isinstance(url, Engine):
+            engine = url
+            cfg = alembic_config(engine.url)
+            assert isinstance(cfg, Config)
+            with translated_errors(safe_url(engine.url), engine.url.password), engine.begin() as conn:
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, revision)
+            return
+        parsed = _parsed(url)
+        cfg = alembic_config(parsed)
         assert isinstance(cfg, Config)
-        with translated_errors(safe_url(engine.url), engine.url.password), engine.begin() as conn:
-            cfg.attributes["connection"] = conn
+        with translated_errors(safe_url(parsed), parsed.password):
             command.upgrade(cfg, revision)
-        return
-    parsed = _parsed(url)
-    cfg = alembic_config(parsed)
-    assert isinstance(cfg, Config)
-    with translated_errors(safe_url(parsed), parsed.password):
-        command.upgrade(cfg, revision)
+    except CommandError as err:  # an unknown or unreachable revision: the caller's input, one line
+        raise StorageSchemaError(f"cannot migrate to revision {revision!r}: {err}; use 'head'") from None
 
 
 def downgrade(url: str | URL, revision: str = "base") -> None:

@@ -307,3 +307,12 @@ def test_purge_deletes_old_history_only(app: Celery, task_manager: TaskManager) 
     assert [t.key for t in handle.list_tasks(task_manager)] == [live.key]
     bad = run(app, "purge", "--older-than", "-1")
     assert bad.exit_code == 2 and "-1" in bad.output
+
+
+def test_migrate_to_an_unknown_revision_is_one_line(app: Celery) -> None:
+    res = CliRunner().invoke(
+        dxf, ["migrate", "--revision", "nosuchrev"], obj=CLIContext(app=app, no_color=True, workdir=None, quiet=True)
+    )
+    assert res.exit_code == 1 and res.exception is not None and isinstance(res.exception, SystemExit)
+    assert "cannot migrate to revision 'nosuchrev'" in res.output and "Traceback" not in res.output
+    assert len(res.output.strip().splitlines()) == 1, res.output

@@ -77,7 +77,23 @@ def submit_task(
         meta=meta,
         priority=priority,
     )
-    return tm.get_task_by_id_with_history(task_id)
+    task = tm.get_task_by_id_with_history(task_id)
+    reason = waiting_reason(tm, task)
+    if reason is not None:
+        logger.warning("task %d (%s) accepted, but %s", task.id, task.key, reason)
+    return task
+
+
+def waiting_reason(tm: TaskManager, task: Task) -> str | None:
+    """Why a pending task cannot start yet for lack of a node, or None when some node can run it."""
+    if task.state != TaskState.PENDING:
+        return None
+    nodes = tm.get_all_nodes()
+    if not nodes:
+        return "no worker node is registered: it waits until one starts"
+    if task.target_scope and all(n.role != task.target_scope for n in nodes):
+        return f"no node has the role {task.target_scope!r} (its target scope): it waits until one joins"
+    return None
 
 
 def get_task(tm: TaskManager, key_or_id: str | int) -> Task:
@@ -320,4 +336,5 @@ __all__ = [
     "run_with_retry",
     "submit_task",
     "wait_task",
+    "waiting_reason",
 ]

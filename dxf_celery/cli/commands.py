@@ -16,6 +16,7 @@ import click
 from celery import Celery, current_app
 from celery.bin.base import CLIContext
 
+from dxf_celery import handle
 from dxf_celery.cli import render
 from dxf_celery.cli.runtime import Runtime, runtime, user_errors
 from dxf_celery.errors import TaskFailedError
@@ -79,7 +80,7 @@ def show(ctx: click.Context, key_or_id: str, subtasks: bool, as_json: bool) -> N
     if as_json:
         click.echo(render.to_json(render.task_detail(task, progress, subs)))
         return
-    click.echo(render.task_fields(task))
+    click.echo(render.task_fields(task, handle.waiting_reason(rt.task_manager, task)))
     click.echo(render.progress_text(progress))
     if subs is not None:
         click.echo("")

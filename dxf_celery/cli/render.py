@@ -127,8 +127,8 @@ def task_table(tasks: Sequence[Task]) -> str:
     return table(rows, ["ID", "KEY", "TYPE", "STATE", "STEP", "CONC", "CREATED (UTC)"])
 
 
-def task_fields(task: Task) -> str:
-    """``show``: one ``name  value`` line per field of the task."""
+def task_fields(task: Task, waiting: str | None = None) -> str:
+    """``show``: one ``name  value`` line per field of the task (and why it waits, if it does)."""
     fields = [
         ("id", str(task.id)),
         ("key", task.key),
@@ -144,6 +144,8 @@ def task_fields(task: Task) -> str:
         ("ended", fmt_time(task.end_time)),
         ("error", str(task.error) if task.error is not None else "-"),
     ]
+    if waiting is not None:
+        fields.append(("waiting", waiting))
     width = max(len(k) for k, _ in fields)
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in fields)
 

@@ -316,3 +316,16 @@ def test_migrate_to_an_unknown_revision_is_one_line(app: Celery) -> None:
     assert res.exit_code == 1 and res.exception is not None and isinstance(res.exception, SystemExit)
     assert "cannot migrate to revision 'nosuchrev'" in res.output and "Traceback" not in res.output
     assert len(res.output.strip().splitlines()) == 1, res.output
+
+
+def test_show_says_why_a_task_waits_for_a_node(
+    app: Celery, task_manager: TaskManager, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level("WARNING", logger="dxf_celery.handle"):
+        assert run(app, "submit", "gpu-1", "noop", "--target-scope", "gpu").exit_code == 0
+    assert "no worker node is registered" in caplog.text
+    assert "no worker node is registered" in run(app, "show", "gpu-1").output
+    task_manager.init_meta("plain@host", "", 4)
+    assert "no node has the role 'gpu'" in run(app, "show", "gpu-1").output
+    task_manager.init_meta("gpu@host", "gpu", 4)
+    assert "waiting" not in run(app, "show", "gpu-1").output

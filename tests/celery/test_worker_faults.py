@@ -30,7 +30,7 @@ from dxf_celery.proto import SubtaskState, TaskState
 from dxf_celery.worker.bootsteps import direct_queue
 from dxf_celery.worker.launcher import EXECUTE_TASK
 
-pytestmark = [pytest.mark.celery, pytest.mark.slow]
+pytestmark = [pytest.mark.celery, pytest.mark.slow, pytest.mark.fault]
 
 REDIS_URL = os.environ.get("DXF_TEST_REDIS_URL", "redis://127.0.0.1:6379/3")
 HOST = socket.gethostname()

@@ -39,7 +39,7 @@ from dxf_celery import DXF
 from dxf_celery.errors import DXFError
 from dxf_celery.storage import TaskManager
 
-pytestmark = [pytest.mark.celery]
+pytestmark = [pytest.mark.celery, pytest.mark.fault]
 
 REDIS_URL = os.environ.get("DXF_TEST_REDIS_URL", "redis://127.0.0.1:6379/3")
 HOST = socket.gethostname()

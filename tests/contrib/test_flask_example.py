@@ -13,9 +13,8 @@ import sys
 from collections.abc import Iterator
 
 import pytest
-from helpers.db import PG_ADMIN_URL, TEST_DB_NAME
+from helpers.db import PG_ADMIN_URL, throwaway_postgres_database
 from helpers.paths import REPO_ROOT
-from sqlalchemy import create_engine, text
 
 pytest.importorskip("flask")
 
@@ -23,20 +22,10 @@ PROJECT = REPO_ROOT / "examples" / "flask_app"
 BROKER = os.environ.get("DXF_TEST_REDIS_URL", "redis://127.0.0.1:6379/3")
 
 
-def _admin_exec(sql: str) -> None:
-    engine = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.execute(text(sql))
-    engine.dispose()
-
-
 @pytest.fixture
 def empty_db() -> Iterator[str]:
-    name = f"{TEST_DB_NAME}_flex"
-    _admin_exec(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    _admin_exec(f'CREATE DATABASE "{name}"')
-    yield PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
-    _admin_exec(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with throwaway_postgres_database("flex") as name:
+        yield PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
 
 
 def test_flask_example_tests_pass(empty_db: str) -> None:

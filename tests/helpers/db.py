@@ -7,8 +7,12 @@ that is down fails the test: .ci/run starts them.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
+
+from sqlalchemy import create_engine, text
 
 from dxf_celery.storage import migrate
 from dxf_celery.storage.provision import drop_dxf_tables, empty_dxf_tables, ensure_database
@@ -50,3 +54,26 @@ def make_db_url(kind: str, tmp_path: Path) -> str:
     url = _prepare_server_db(kind)
     empty_dxf_tables(url)
     return url
+
+
+def _pg_admin(sql: str) -> None:
+    engine = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text(sql))
+    engine.dispose()
+
+
+@contextlib.contextmanager
+def throwaway_postgres_database(suffix: str, *, also_drop: tuple[str, ...] = ()) -> Iterator[str]:
+    """A new, empty PostgreSQL database ``<DXF_TEST_DB_NAME>_<suffix>`` (its name), dropped after.
+
+    ``also_drop`` names databases derived from it (e.g. Django's ``test_<name>``) dropped too.
+    """
+    name = f"{TEST_DB_NAME}_{suffix}"
+    for db in (*also_drop, name):
+        _pg_admin(f'DROP DATABASE IF EXISTS "{db.format(name=name)}" WITH (FORCE)')
+    _pg_admin(f'CREATE DATABASE "{name}"')
+    try:
+        yield name
+    finally:
+        _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

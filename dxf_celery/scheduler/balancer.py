@@ -25,13 +25,13 @@ def plan_moves(
     active: Sequence[SubtaskBase],
     eligible: Sequence[str],
     used: dict[str, int],
-    capacity: int,
+    total_slots: int,
 ) -> tuple[list[SubtaskBase], list[str]]:
     """Decide which subtasks move where; returns (moved copies with new exec_id, nodes used).
 
     Pure function, so the distribution rules are testable without a database.
     """
-    adjusted = [n for n in eligible if used.get(n, 0) + task.concurrency <= capacity]
+    adjusted = [n for n in eligible if used.get(n, 0) + task.concurrency <= total_slots]
     if not adjusted:
         return [], []
     by_node: dict[str, list[SubtaskBase]] = {}
@@ -107,7 +107,7 @@ class Balancer:
             active = self._tm.get_active_subtasks(task.id)
             if not active:
                 continue
-            moves, holding = plan_moves(task, active, eligible, used, self._slots.capacity or _max_cpu(nodes))
+            moves, holding = plan_moves(task, active, eligible, used, self._slots.total_slots or _max_cpu(nodes))
             if moves:
                 done = self._tm.update_subtasks_exec_ids(moves)
                 moved_total += done

@@ -1,6 +1,6 @@
 """Scheduler-side slot reservation: which tasks may hold a scheduler that plans subtasks.
 
-Nodes are assumed alike, each with ``capacity`` slots. A *stripe* is one slot on every node;
+Nodes are assumed alike, each with ``total_slots`` slots. A *stripe* is one slot on every node;
 a task needs ``concurrency`` stripes. A task reserves by stripes when the stripes of the
 tasks ranked above it leave room, else on one node whose used + reserved slots leave room;
 otherwise it waits and lower-ranked tasks may still fit. Usage is read from the subtask
@@ -19,9 +19,9 @@ from dxf_celery.proto import ManagedNode, TaskBase
 class SlotManager:
     """Reservations of the running schedulers plus the last read of the slots in use."""
 
-    def __init__(self, capacity: int = 0) -> None:
+    def __init__(self, total_slots: int = 0) -> None:
         self._lock = threading.Lock()
-        self._capacity = capacity
+        self._total_slots = total_slots
         self._nodes: list[str] = []
         self._used: dict[str, int] = {}
         #: Reserved (task, slots) pairs, kept in rank order.
@@ -29,15 +29,15 @@ class SlotManager:
         self._reserved: dict[str, int] = {}
 
     @property
-    def capacity(self) -> int:
-        return self._capacity
+    def total_slots(self) -> int:
+        return self._total_slots
 
     def update(self, nodes: Sequence[ManagedNode], used: dict[str, int]) -> None:
         """Take the live nodes and the slots their active subtasks use."""
         with self._lock:
             for node in nodes:
                 if node.cpu_count > 0:
-                    self._capacity = node.cpu_count
+                    self._total_slots = node.cpu_count
                     break
             self._nodes = [n.id for n in nodes]
             self._used = {n: used.get(n, 0) for n in self._nodes}
@@ -57,10 +57,10 @@ class SlotManager:
             if not self._nodes:
                 return "", False
             above = sum(slots for t, slots in self._stripes if t.compare(task) < 0)
-            if above + task.concurrency <= self._capacity:
+            if above + task.concurrency <= self._total_slots:
                 return "", True
             for node in self._nodes:
-                if self._used.get(node, 0) + self._reserved.get(node, 0) + task.concurrency <= self._capacity:
+                if self._used.get(node, 0) + self._reserved.get(node, 0) + task.concurrency <= self._total_slots:
                     return node, True
             return "", False
 
@@ -88,5 +88,5 @@ class SlotManager:
     def adjust_eligible_nodes(self, nodes: Sequence[str], required: int) -> list[str]:
         """The nodes with ``required`` free slots, or all of them when none has."""
         with self._lock:
-            fit = [n for n in nodes if self._used.get(n, 0) + required <= self._capacity]
+            fit = [n for n in nodes if self._used.get(n, 0) + required <= self._total_slots]
         return fit or list(nodes)

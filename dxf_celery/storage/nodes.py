@@ -69,10 +69,10 @@ class Nodes(StorageBase):
         stmt = select(node_table.c.host).where(or_(node_table.c.heartbeat < cutoff, node_table.c.heartbeat.is_(None)))
         return self._read(lambda conn: sorted(r[0] for r in conn.execute(stmt)))
 
-    def delete_dead_nodes(self, hosts: Sequence[str]) -> int:
-        if not hosts:
+    def delete_dead_nodes(self, exec_ids: Sequence[str]) -> int:
+        if not exec_ids:
             return 0
-        stmt = delete(node_table).where(node_table.c.host.in_(list(hosts)))
+        stmt = delete(node_table).where(node_table.c.host.in_(list(exec_ids)))
         return int(self._write(lambda conn: conn.execute(stmt).rowcount))
 
     def delete_node(self, exec_id: str) -> bool:

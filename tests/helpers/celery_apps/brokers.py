@@ -12,6 +12,7 @@ import shutil
 import subprocess
 
 import redis
+from kombu import pools
 
 REDIS_URL = os.environ.get("DXF_TEST_REDIS_URL", "redis://127.0.0.1:6379/3")
 AMQP_HOST = os.environ.get("DXF_TEST_AMQP_HOST", "127.0.0.1:5672")
@@ -26,7 +27,13 @@ def _rabbitmqctl(*args: str, check: bool = True) -> None:
 
 
 def fresh_broker(kind: str) -> str:
-    """The URL of an empty broker of ``kind`` ("redis" or "rabbitmq") for one test."""
+    """The URL of an empty broker of ``kind`` ("redis" or "rabbitmq") for one test.
+
+    Celery keeps broker connections in kombu's process-wide pools, keyed by URL, past
+    ``app.close()``: the next test's app (same URL) would be handed a connection that the
+    vhost's deletion closed (``ConnectionResetError`` on its first broadcast). So they go too.
+    """
+    pools.reset()
     if kind == "redis":
         client = redis.Redis.from_url(REDIS_URL)
         try:

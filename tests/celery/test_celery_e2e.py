@@ -19,20 +19,18 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from celery import Celery
 from helpers.celery_apps.brokers import fresh_broker
-from helpers.celery_apps.dxf_app import FAST_SETTINGS, create_app
-from helpers.celery_apps.harness import CeleryProcesses, RunEvent, max_parallel_by_node, read_record
-from helpers.celery_apps.types import e2e_meta, release
+from helpers.celery_apps.dxf_app import FAST_SETTINGS
+from helpers.celery_apps.e2e import E2E, make_e2e
+from helpers.celery_apps.harness import RunEvent, max_parallel_by_node
+from helpers.celery_apps.types import release
 from helpers.db import SELECTED, make_db_url
 from helpers.waiting import wait_until
 
-from dxf_celery import DXF
 from dxf_celery.proto import SubtaskState, TaskState
 from dxf_celery.scheduler.manager import LEASE_NAME
 
@@ -59,49 +57,11 @@ def on_stacks(*pools: str, first_only: tuple[str, ...] = ()) -> pytest.MarkDecor
     return pytest.mark.parametrize(("e2e", "pool"), cases, indirect=["e2e"])
 
 
-@dataclass
-class E2E:
-    app: Celery
-    dxf: DXF
-    procs: CeleryProcesses
-    record: Path
-
-    def events(self) -> list[RunEvent]:
-        return read_record(self.record)
-
-    def meta(self, **kw: object) -> bytes:
-        return e2e_meta(str(self.record), **kw)  # type: ignore[arg-type]
-
-    def hold(self, name: str) -> Path:
-        """A release file: subtasks with ``meta(hold=...)`` run until :func:`release` creates it."""
-        return self.record.with_name(f"release-{name}")
-
-    def running_subtasks(self, task_id: int, exec_id: str | None = None) -> list[object]:
-        return [s for s in self.dxf.get_subtasks(task_id)
-                if s.state == SubtaskState.RUNNING and (exec_id is None or s.exec_id == exec_id)]
-
-
-def _make_e2e(tmp_path: Path, broker: str, db_url: str,
-              fs_dir: str | None = None) -> Iterator[E2E]:
-    app, dxf = create_app(broker=broker, db_url=db_url, fs_dir=fs_dir)
-    env = {"DXF_E2E_BROKER": broker, "DXF_E2E_DB_URL": db_url}
-    if fs_dir:
-        env["DXF_E2E_FS_DIR"] = fs_dir
-    procs = CeleryProcesses(tmp_path, env, dxf.task_manager)
-    try:
-        yield E2E(app, dxf, procs, tmp_path / "runs.log")
-    finally:
-        procs.close()
-        print(procs.logs())  # pytest shows it only when the test failed
-        dxf.state.dispose()
-        app.close()
-
-
 @pytest.fixture
 def e2e(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[E2E]:
     """An empty broker and clean tables, no process yet: Redis + PostgreSQL unless :func:`on_stacks` says."""
     broker, database = getattr(request, "param", STACKS[0])
-    yield from _make_e2e(tmp_path, fresh_broker(broker), make_db_url(database, tmp_path))
+    yield from make_e2e(tmp_path, fresh_broker(broker), make_db_url(database, tmp_path))
 
 
 def _ok_runs(events: list[RunEvent], task_id: int) -> Counter[tuple[int, int]]:
@@ -453,7 +413,7 @@ def embedded(tmp_path: Path) -> Iterator[E2E]:
     """SQLite file + ``filesystem://`` broker with a control folder: no server at all."""
     fs_dir = tmp_path / "broker"
     db_url = make_db_url("sqlite", tmp_path)
-    yield from _make_e2e(tmp_path, "filesystem://", db_url, fs_dir=str(fs_dir))
+    yield from make_e2e(tmp_path, "filesystem://", db_url, fs_dir=str(fs_dir))
 
 
 def test_embedded_default_smoke(embedded: E2E) -> None:

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 from helpers.celery_apps.brokers import fresh_broker
+from helpers.celery_apps.e2e import E2E, make_e2e
 from helpers.celery_apps.harness import CeleryProcesses
 from helpers.db import make_db_url
 from helpers.waiting import wait_until
-from test_celery_e2e import E2E, _make_e2e
 
 from dxf_celery.proto import TaskState
 
@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.celery, pytest.mark.slow]
 
 @pytest.fixture
 def e2e(tmp_path: Path) -> Iterator[E2E]:
-    yield from _make_e2e(tmp_path, fresh_broker("redis"), make_db_url("postgresql", tmp_path))
+    yield from make_e2e(tmp_path, fresh_broker("redis"), make_db_url("postgresql", tmp_path))
 
 
 def test_beat_and_workers_at_info_log_no_per_tick_lines(e2e: E2E, tmp_path: Path) -> None:

@@ -22,11 +22,11 @@ from typing import Any
 
 import pytest
 from helpers.celery_apps.brokers import fresh_broker
+from helpers.celery_apps.e2e import E2E, make_e2e
 from helpers.db import make_db_url
 from helpers.paths import REPO_ROOT
 from helpers.waiting import wait_until
 from prometheus_client.parser import text_string_to_metric_families
-from test_celery_e2e import E2E, _make_e2e
 
 from dxf_celery.proto import SubtaskState, TaskState
 
@@ -39,7 +39,7 @@ ROOT = REPO_ROOT
 
 @pytest.fixture
 def e2e(tmp_path: Path) -> Iterator[E2E]:
-    yield from _make_e2e(tmp_path, fresh_broker("redis"), make_db_url("postgresql", tmp_path))
+    yield from make_e2e(tmp_path, fresh_broker("redis"), make_db_url("postgresql", tmp_path))
 
 
 def _free_port() -> int:

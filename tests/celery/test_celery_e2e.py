@@ -39,8 +39,9 @@ pytestmark = [pytest.mark.celery, pytest.mark.slow]
 POOLS = ["prefork", "threads"]
 LEASE_TTL = float(FAST_SETTINGS["dxf_lease_ttl"])
 #: (broker, database) pairs of the main scenarios; the first is every other test's.
-STACKS = [(b, d) for b in ("redis", "rabbitmq") for d in ("postgresql", "mariadb")
-          if d == "postgresql" or d in SELECTED]
+STACKS = [
+    (b, d) for b in ("redis", "rabbitmq") for d in ("postgresql", "mariadb") if d == "postgresql" or d in SELECTED
+]
 
 
 def _stack_id(stack: tuple[str, str]) -> str:
@@ -65,8 +66,9 @@ def e2e(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[E2E]:
 
 
 def _ok_runs(events: list[RunEvent], task_id: int) -> Counter[tuple[int, int]]:
-    return Counter((e.step, e.ordinal) for e in events
-                   if e.task_id == task_id and e.kind == "end" and e.outcome == "ok")
+    return Counter(
+        (e.step, e.ordinal) for e in events if e.task_id == task_id and e.kind == "end" and e.outcome == "ok"
+    )
 
 
 def _assert_each_subtask_ran_once(events: list[RunEvent], task_id: int, steps: int, subtasks: int) -> None:
@@ -85,8 +87,10 @@ def test_multi_step_tasks_run_each_subtask_once_over_two_nodes_within_slots(e2e:
     e2e.procs.start_worker("w2@e2e", pool="prefork", concurrency=3, slots=2)
     e2e.procs.start_beat()
     steps, subtasks = 2, 6
-    tasks = [e2e.dxf.submit_task(f"multi-{i}", "e2e", meta=e2e.meta(steps=steps, subtasks=subtasks, sleep=0.1))
-             for i in range(3)]
+    tasks = [
+        e2e.dxf.submit_task(f"multi-{i}", "e2e", meta=e2e.meta(steps=steps, subtasks=subtasks, sleep=0.1))
+        for i in range(3)
+    ]
     for task in tasks:
         assert e2e.dxf.wait_task(task.id, timeout=120).state == TaskState.SUCCEED
     events = e2e.events()
@@ -107,8 +111,9 @@ def test_cancel_stops_a_subtask_blocked_in_python(e2e: E2E, pool: str) -> None:
     e2e.procs.start_worker("w2@e2e", pool=pool, concurrency=3, slots=2)
     e2e.procs.start_beat()
     # "busy" subtasks loop in Python until released (never, here) and never look at their context.
-    task = e2e.dxf.submit_task("cancel-me", "e2e", meta=e2e.meta(steps=1, subtasks=4, mode="busy",
-                                                                  hold=e2e.hold("never")))
+    task = e2e.dxf.submit_task(
+        "cancel-me", "e2e", meta=e2e.meta(steps=1, subtasks=4, mode="busy", hold=e2e.hold("never"))
+    )
     wait_until(lambda: len(e2e.running_subtasks(task.id)) >= 2, 60, what="two subtasks running")
     assert e2e.dxf.cancel_task(task.id)
     final = e2e.dxf.wait_task(task.id, timeout=60, raise_error=False)
@@ -211,14 +216,16 @@ def test_sigkilled_worker(e2e: E2E, idempotent: bool) -> None:
     e2e.procs.start_beat()
     subtasks = 4
     hold = e2e.hold("kill-me")
-    task = e2e.dxf.submit_task("kill-me", "e2e", meta=e2e.meta(steps=1, subtasks=subtasks, hold=hold,
-                                                                idempotent=idempotent))
+    task = e2e.dxf.submit_task(
+        "kill-me", "e2e", meta=e2e.meta(steps=1, subtasks=subtasks, hold=hold, idempotent=idempotent)
+    )
 
     def started_on_w1() -> list[object]:
         # The row turns running just before the type records its start: kill only once both
         # are there, or the killed run may never have reached the record.
-        started = {e.ordinal for e in e2e.events() if e.task_id == task.id and e.kind == "start"
-                   and e.exec_id == "w1@e2e"}
+        started = {
+            e.ordinal for e in e2e.events() if e.task_id == task.id and e.kind == "start" and e.exec_id == "w1@e2e"
+        }
         return [s for s in e2e.running_subtasks(task.id, "w1@e2e") if s.ordinal in started]  # type: ignore[attr-defined]
 
     victim = wait_until(started_on_w1, 60, what="a subtask running on w1")[0]
@@ -238,8 +245,11 @@ def test_sigkilled_worker(e2e: E2E, idempotent: bool) -> None:
         assert final.state == TaskState.REVERTED
         assert "not idempotent" in str(final.error)
         assert len(victim_starts) == 1, "a non-idempotent subtask ran twice"
-    wait_until(lambda: all(n.id != "w1@e2e" for n in e2e.dxf.task_manager.get_all_nodes()), 60,
-             what="the dead node to be removed")
+    wait_until(
+        lambda: all(n.id != "w1@e2e" for n in e2e.dxf.task_manager.get_all_nodes()),
+        60,
+        what="the dead node to be removed",
+    )
 
 
 # ---------------------------------------------------------------------- remote control
@@ -313,8 +323,9 @@ def test_two_beats_change_nothing_but_timing(e2e: E2E) -> None:
     e2e.procs.start_worker("w2@e2e", pool="threads", concurrency=3, slots=2)
     e2e.procs.start_beat("beat-a")
     e2e.procs.start_beat("beat-b")
-    tasks = [e2e.dxf.submit_task(f"two-beats-{i}", "e2e", meta=e2e.meta(steps=3, subtasks=3, sleep=0.05))
-             for i in range(2)]
+    tasks = [
+        e2e.dxf.submit_task(f"two-beats-{i}", "e2e", meta=e2e.meta(steps=3, subtasks=3, sleep=0.05)) for i in range(2)
+    ]
     for task in tasks:
         assert e2e.dxf.wait_task(task.id, timeout=120).state == TaskState.SUCCEED
     events = e2e.events()
@@ -326,8 +337,9 @@ def test_two_beats_change_nothing_but_timing(e2e: E2E) -> None:
 
 
 def test_unknown_type_fails_clearly_and_the_worker_survives(e2e: E2E) -> None:
-    worker = e2e.procs.start_worker("bare@e2e", pool="prefork", concurrency=2, slots=2,
-                                    extra_env={"DXF_E2E_TYPES": "0"})
+    worker = e2e.procs.start_worker(
+        "bare@e2e", pool="prefork", concurrency=2, slots=2, extra_env={"DXF_E2E_TYPES": "0"}
+    )
     e2e.procs.start_beat()
     unknown = e2e.dxf.submit_task("no-such-type", "no_such_type")
     not_here = e2e.dxf.submit_task("not-on-this-worker", "e2e", meta=e2e.meta(steps=1, subtasks=2))
@@ -385,22 +397,27 @@ def test_executor_requests_are_readable_and_send_progress_events(e2e: E2E) -> No
     e2e.procs.start_worker("w1@e2e", pool="prefork", concurrency=2, slots=2, extra_args=("-E",))
     # The receiver is subscribed once it has heard the worker (online, heartbeat): only then
     # submit, so no event of the task can go out before anyone listens.
-    wait_until(lambda: any(e.get("hostname") == "w1@e2e" for e in list(captured)), 60,
-             what="a first event from w1")
+    wait_until(lambda: any(e.get("hostname") == "w1@e2e" for e in list(captured)), 60, what="a first event from w1")
     e2e.procs.start_beat()
     task = e2e.dxf.submit_task("watch-me", "e2e", meta=e2e.meta(steps=1, subtasks=3, sleep=0.7))
     assert e2e.dxf.wait_task(task.id, timeout=60).state == TaskState.SUCCEED
 
     def progress_seen() -> list[dict[str, object]]:
-        return [e for e in list(captured) if e.get("type") == "task-progress" and e.get("dxf_task_id") == task.id
-                and e.get("subtasks_done") == 3]
+        return [
+            e
+            for e in list(captured)
+            if e.get("type") == "task-progress" and e.get("dxf_task_id") == task.id and e.get("subtasks_done") == 3
+        ]
 
     seen_types = sorted({str(e.get("type")) for e in list(captured)})
     final = wait_until(progress_seen, 30, what=f"a final task-progress event (saw {seen_types})")[-1]
     assert final["subtasks_total"] == 3 and final["dxf_key"] == "watch-me" and final["node"] == "w1@e2e"
     received = [e for e in list(captured) if e.get("type") == "task-received"]
-    assert any(str(e.get("name", "")).startswith(f"dxf.execute[task={task.id} key=watch-me type=e2e step=1]")
-               and "watch-me" in str(e.get("args")) for e in received), received
+    assert any(
+        str(e.get("name", "")).startswith(f"dxf.execute[task={task.id} key=watch-me type=e2e step=1]")
+        and "watch-me" in str(e.get("args"))
+        for e in received
+    ), received
     for receiver in receivers:
         receiver.should_stop = True  # type: ignore[attr-defined]
 
@@ -423,12 +440,18 @@ def test_embedded_default_smoke(embedded: E2E) -> None:
     task = embedded.dxf.submit_task("fs-multi", "e2e", meta=embedded.meta(steps=2, subtasks=4, sleep=0.05))
     assert embedded.dxf.wait_task(task.id, timeout=120).state == TaskState.SUCCEED
     _assert_each_subtask_ran_once(embedded.events(), task.id, 2, 4)
-    blocked = embedded.dxf.submit_task("fs-cancel", "e2e", meta=embedded.meta(steps=1, subtasks=2, mode="busy",
-                                                                              hold=embedded.hold("never")))
+    blocked = embedded.dxf.submit_task(
+        "fs-cancel", "e2e", meta=embedded.meta(steps=1, subtasks=2, mode="busy", hold=embedded.hold("never"))
+    )
     wait_until(lambda: embedded.running_subtasks(blocked.id), 60, what="a blocked subtask running")
     embedded.dxf.cancel_task(blocked.id)
     assert embedded.dxf.wait_task(blocked.id, timeout=60, raise_error=False).state == TaskState.REVERTED
-    wait_until(lambda: all(
-        any(e.kind == "end" and e.ordinal == s.ordinal for e in embedded.events() if e.task_id == blocked.id)
-        for s in embedded.events() if s.task_id == blocked.id and s.kind == "start"), 60,
-        what="the blocked subtask to stop")
+    wait_until(
+        lambda: all(
+            any(e.kind == "end" and e.ordinal == s.ordinal for e in embedded.events() if e.task_id == blocked.id)
+            for s in embedded.events()
+            if s.task_id == blocked.id and s.kind == "start"
+        ),
+        60,
+        what="the blocked subtask to stop",
+    )

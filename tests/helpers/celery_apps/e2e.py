@@ -37,12 +37,14 @@ class E2E:
         return self.record.with_name(f"release-{name}")
 
     def running_subtasks(self, task_id: int, exec_id: str | None = None) -> list[object]:
-        return [s for s in self.dxf.get_subtasks(task_id)
-                if s.state == SubtaskState.RUNNING and (exec_id is None or s.exec_id == exec_id)]
+        return [
+            s
+            for s in self.dxf.get_subtasks(task_id)
+            if s.state == SubtaskState.RUNNING and (exec_id is None or s.exec_id == exec_id)
+        ]
 
 
-def make_e2e(tmp_path: Path, broker: str, db_url: str,
-              fs_dir: str | None = None) -> Iterator[E2E]:
+def make_e2e(tmp_path: Path, broker: str, db_url: str, fs_dir: str | None = None) -> Iterator[E2E]:
     """Build the world, hand it to the test, and leave no process behind (logs printed for failures)."""
     app, dxf = create_app(broker=broker, db_url=db_url, fs_dir=fs_dir)
     env = {"DXF_E2E_BROKER": broker, "DXF_E2E_DB_URL": db_url}

@@ -27,8 +27,6 @@ APP = "helpers.celery_apps.dxf_app"
 T = TypeVar("T")
 
 
-
-
 @dataclass
 class Proc:
     name: str
@@ -72,16 +70,27 @@ class CeleryProcesses:
         log = self.tmp / f"{name}.log"
         with open(log, "wb") as out:
             popen = subprocess.Popen(
-                [CELERY, "-A", APP, *args], cwd=str(ROOT), env=self._env(extra_env), stdout=out,
-                stderr=subprocess.STDOUT, start_new_session=True,
+                [CELERY, "-A", APP, *args],
+                cwd=str(self.tmp),
+                env=self._env(extra_env),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         proc = Proc(name, popen, log)
         self.procs[name] = proc
         return proc
 
     def start_worker(
-        self, name: str, *, pool: str = "prefork", concurrency: int = 3, slots: int = 2,
-        extra_env: dict[str, str] | None = None, extra_args: tuple[str, ...] = (), wait: bool = True,
+        self,
+        name: str,
+        *,
+        pool: str = "prefork",
+        concurrency: int = 3,
+        slots: int = 2,
+        extra_env: dict[str, str] | None = None,
+        extra_args: tuple[str, ...] = (),
+        wait: bool = True,
     ) -> Proc:
         env = {"DXF_E2E_SLOTS": str(slots), **(extra_env or {})}
         args = ["worker", "-n", name, "-P", pool, "-c", str(concurrency), "-l", "info", *extra_args]
@@ -100,8 +109,14 @@ class CeleryProcesses:
 
     def celery(self, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
         """Run ``celery -A helpers.celery_apps.dxf_app ARGS`` (e.g. ``dxf list``) to its end, as a user would."""
-        return subprocess.run([CELERY, "-A", APP, *args], cwd=str(ROOT), env=self._env(), capture_output=True,
-                              text=True, timeout=timeout)
+        return subprocess.run(
+            [CELERY, "-A", APP, *args],
+            cwd=str(self.tmp),
+            env=self._env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     def start_beat(self, name: str = "beat") -> Proc:
         return self._spawn(name, ["beat", "-s", str(self.tmp / f"{name}-schedule"), "-l", "warning"])
@@ -165,8 +180,18 @@ def read_record(path: Path) -> list[RunEvent]:
         parts = line.split()
         if len(parts) < 7:
             continue
-        events.append(RunEvent(parts[0], int(parts[1]), int(parts[2]), int(parts[3]), parts[4], int(parts[5]),
-                               float(parts[6]), parts[7] if len(parts) > 7 else ""))
+        events.append(
+            RunEvent(
+                parts[0],
+                int(parts[1]),
+                int(parts[2]),
+                int(parts[3]),
+                parts[4],
+                int(parts[5]),
+                float(parts[6]),
+                parts[7] if len(parts) > 7 else "",
+            )
+        )
     return events
 
 
@@ -183,4 +208,3 @@ def max_parallel_by_node(events: list[RunEvent]) -> dict[str, int]:
             peak = max(peak, current)
         result[node] = peak
     return result
-

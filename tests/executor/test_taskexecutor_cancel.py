@@ -2,29 +2,15 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 
 import pytest
-from helpers.executor import Cluster, RecordingTaskExecutor, TestType, plan_task, states, step_done
+from helpers.executor import Cluster, TestType, plan_task, start_executor, states, step_done
 from helpers.waiting import wait_until
 
-from dxf_celery.context import Context
 from dxf_celery.proto import Modification, ModifyParam, SubtaskBase, SubtaskState, TaskState
 from dxf_celery.storage import TaskManager
 from dxf_celery.taskexecutor import Param
-
-
-def start_executor(
-    tm: TaskManager, tt: TestType, task_id: int, param: Param
-) -> tuple[RecordingTaskExecutor, threading.Thread]:
-    """Run one executor directly in a thread, as the ThreadLauncher would, without a Manager."""
-    task = tm.get_task_by_id(task_id)
-    assert param.slot_manager.alloc(task)
-    executor = RecordingTaskExecutor(Context.background(), task, param, tt)
-    thread = threading.Thread(target=executor.run, daemon=True)
-    thread.start()
-    return executor, thread
 
 
 @pytest.mark.parametrize("how", ["cancel", "cancel_running_subtask"])

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 
 import pytest
 from helpers.cluster_types import TIMEOUT, cluster_url
-from helpers.executor import RecordingTaskExecutor, TestType, plan_task, states
+from helpers.executor import TestType, plan_task, start_executor, states
 from helpers.waiting import wait_until
 
 from dxf_celery.context import Context
@@ -119,15 +119,6 @@ def test_executor_cancelled_error_is_not_an_exception() -> None:
 # ---------------------------------------------------------------------- BaseTaskExecutor in a thread
 
 
-def _start(tm: TaskManager, tt: TestType, task_id: int, param: Param) -> tuple[BaseTaskExecutor, threading.Thread]:
-    task = tm.get_task_by_id(task_id)
-    assert param.slot_manager.alloc(task)
-    executor = RecordingTaskExecutor(Context.background(), task, param, tt)
-    thread = threading.Thread(target=executor.run, daemon=True)
-    thread.start()
-    return executor, thread
-
-
 @pytest.mark.parametrize("how", ["cancel", "cancel_running_subtask"])
 def test_step_code_swallowing_exception_is_stopped(
     task_manager: TaskManager, make_param: Callable[..., Param], how: str
@@ -137,7 +128,7 @@ def test_step_code_swallowing_exception_is_stopped(
     swallower = Swallower()
     tt.behaviour = swallower
     task_id = plan_task(tm, "k", tt.name, ["n1"])
-    executor, thread = _start(tm, tt, task_id, make_param("n1"))
+    executor, thread = start_executor(tm, tt, task_id, make_param("n1"))
     wait_until(lambda: swallower.started, what="the subtask to start")
     getattr(executor, how)()
     wait_until(lambda: swallower.stopped_by, what="the step code to be interrupted")
@@ -166,7 +157,7 @@ def test_step_code_catching_the_interruption_is_interrupted_again(
     swallower = Swallower(catch_cancel_once=True)
     tt.behaviour = swallower
     task_id = plan_task(tm, "k", tt.name, ["n1"])
-    executor, thread = _start(tm, tt, task_id, make_param("n1"))
+    executor, thread = start_executor(tm, tt, task_id, make_param("n1"))
     wait_until(lambda: swallower.started, what="the subtask to start")
     executor.cancel_running_subtask()
     wait_until(lambda: swallower.stopped_by, what="the second interruption")
@@ -199,7 +190,7 @@ def test_step_code_that_stops_in_time_is_not_interrupted(
     tt.behaviour = behaviour
     param = make_param("n1")
     task_id = plan_task(tm, "k", tt.name, ["n1"])
-    executor, thread = _start(tm, tt, task_id, param)
+    executor, thread = start_executor(tm, tt, task_id, param)
     wait_until(lambda: tt.rec.runs, what="the subtask to start")
     executor.cancel_running_subtask()
     wait_until(lambda: states(tm, task_id) == [SubtaskState.CANCELED], what="row canceled")

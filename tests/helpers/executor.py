@@ -289,3 +289,15 @@ def param_factory_fixture(task_manager: TaskManager) -> Callable[..., Param]:
         )
 
     return make
+
+
+def start_executor(
+    tm: TaskManager, tt: TestType, task_id: int, param: Param
+) -> tuple[RecordingTaskExecutor, threading.Thread]:
+    """Run one executor directly in a thread, as the ThreadLauncher would, without a Manager."""
+    task = tm.get_task_by_id(task_id)
+    assert param.slot_manager.alloc(task)
+    executor = RecordingTaskExecutor(Context.background(), task, param, tt)
+    thread = threading.Thread(target=executor.run, daemon=True)
+    thread.start()
+    return executor, thread

@@ -34,10 +34,12 @@ def _node_ids(tm: TaskManager) -> set[str]:
     return {n.id for n in tm.get_all_nodes()}
 
 
+#: These tests need a server database; they run unless DXF_TEST_DATABASES leaves PostgreSQL out.
+needs_postgresql = pytest.mark.skipif("postgresql" not in SELECTED, reason="DXF_TEST_DATABASES leaves out PostgreSQL")
+
+
 @pytest.fixture
 def pg_url(tmp_path: Path) -> str:
-    if "postgresql" not in SELECTED:
-        pytest.skip("PostgreSQL is not selected (DXF_TEST_DATABASES)")
     return make_db_url("postgresql", tmp_path)
 
 
@@ -80,6 +82,7 @@ def test_a_failed_test_body_still_deletes_every_node(cluster_url: str) -> None:
         tm.dispose()
 
 
+@needs_postgresql
 def test_a_failed_start_deletes_the_nodes_it_registered(pg_url: str) -> None:
     """The second node's role is longer than the column allows, which PostgreSQL refuses."""
     tm = TaskManager(pg_url)
@@ -143,6 +146,7 @@ def _run_two_clusters(url: str, isolated: bool) -> list[dict[str, Any]]:
     return out
 
 
+@needs_postgresql
 def test_two_isolated_clusters_at_once_share_no_node_or_subtask(pg_url: str) -> None:
     a, b = _run_two_clusters(pg_url, isolated=True)
     assert not set(a["nodes"]) & set(b["nodes"]) and a["scope"] != b["scope"]
@@ -166,6 +170,7 @@ def test_two_isolated_clusters_at_once_share_no_node_or_subtask(pg_url: str) -> 
         tm.dispose()
 
 
+@needs_postgresql
 def test_two_plain_clusters_at_once_are_one_cluster(pg_url: str) -> None:
     """Without ``isolated`` the schedulers plan onto every live node: the documented contrast."""
     a, b = _run_two_clusters(pg_url, isolated=False)

@@ -94,28 +94,17 @@ def submit_task(
 
     dxf = dxf or get_dxf()
     alias = transaction_alias(dxf, using)
+    fields: dict[str, Any] = {
+        "meta": meta,
+        "concurrency": concurrency,
+        "priority": priority,
+        "target_scope": target_scope,
+        "max_node_count": max_node_count,
+        "extra_params": extra_params,
+    }
     if alias is None:
-        return dxf.submit_task(
-            key,
-            task_type,
-            meta=meta,
-            concurrency=concurrency,
-            priority=priority,
-            target_scope=target_scope,
-            max_node_count=max_node_count,
-            extra_params=extra_params,
-        )
+        return dxf.submit_task(key, task_type, **fields)
     with transaction.atomic(using=alias):
-        task = handle.submit_task(
-            task_manager_for(alias),
-            key,
-            task_type,
-            meta=meta,
-            concurrency=concurrency,
-            priority=priority,
-            target_scope=target_scope,
-            max_node_count=max_node_count,
-            extra_params=extra_params,
-        )
+        task = handle.submit_task(task_manager_for(alias), key, task_type, **fields)
     transaction.on_commit(dxf.wake, using=alias)
     return task

@@ -332,6 +332,8 @@ class ManagedNode:
     role: str
     cpu_count: int
     heartbeat: datetime | None = None
+    #: The task types its process registered (sorted); None when unknown (a node of an older version).
+    task_types: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -27,24 +28,37 @@ def cpu_count_of(conn: Connection, role: str | None) -> int | None:
 class Nodes(StorageBase):
     """The node table (DXF's ``dist_framework_meta`` plus a heartbeat)."""
 
-    def init_meta(self, exec_id: str, role: str = "", cpu_count: int | None = None) -> None:
-        """Register (or refresh) this node, updating its CPU count and role."""
-        self._upsert_node(exec_id, role, cpu_count, update_role=True)
+    def init_meta(
+        self, exec_id: str, role: str = "", cpu_count: int | None = None, task_types: Iterable[str] | None = None
+    ) -> None:
+        """Register (or refresh) this node, updating its CPU count, role and task types.
 
-    def recover_meta(self, exec_id: str, role: str = "", cpu_count: int | None = None) -> None:
-        """Re-insert this node if the scheduler removed it; the role of a live row is kept."""
-        self._upsert_node(exec_id, role, cpu_count, update_role=False)
+        ``task_types`` are the types the node's process registered (None = unknown: submit
+        then never warns about this node).
+        """
+        self._upsert_node(exec_id, role, cpu_count, task_types, update_role=True)
 
-    def _upsert_node(self, exec_id: str, role: str, cpu_count: int | None, *, update_role: bool) -> None:
+    def recover_meta(
+        self, exec_id: str, role: str = "", cpu_count: int | None = None, task_types: Iterable[str] | None = None
+    ) -> None:
+        """Re-insert this node if the scheduler removed it; the role of a live row is kept, its types refreshed."""
+        self._upsert_node(exec_id, role, cpu_count, task_types, update_role=False)
+
+    def _upsert_node(
+        self, exec_id: str, role: str, cpu_count: int | None, task_types: Iterable[str] | None, *, update_role: bool
+    ) -> None:
         cpu = cpu_count if cpu_count is not None else (os.cpu_count() or 1)
+        types = None if task_types is None else json.dumps(sorted(set(task_types)))
 
         def txn(conn: Connection) -> None:
             now = utcnow()
-            values: dict[str, Any] = {"cpu_count": cpu, "heartbeat": now}
+            values: dict[str, Any] = {"cpu_count": cpu, "heartbeat": now, "task_types": types}
             if update_role:
                 values["role"] = role
             if conn.execute(update(node_table).where(node_table.c.host == exec_id).values(**values)).rowcount == 0:
-                conn.execute(insert(node_table).values(host=exec_id, role=role, cpu_count=cpu, heartbeat=now))
+                conn.execute(
+                    insert(node_table).values(host=exec_id, role=role, cpu_count=cpu, heartbeat=now, task_types=types)
+                )
 
         try:
             self._write(txn)
@@ -60,7 +74,10 @@ class Nodes(StorageBase):
     def get_all_nodes(self) -> list[ManagedNode]:
         stmt = select(node_table).order_by(node_table.c.host)
         return self._read(
-            lambda conn: [ManagedNode(r.host, r.role, r.cpu_count, r.heartbeat) for r in conn.execute(stmt)]
+            lambda conn: [
+                ManagedNode(r.host, r.role, r.cpu_count, r.heartbeat, task_types_of(r.task_types))
+                for r in conn.execute(stmt)
+            ]
         )
 
     def get_dead_nodes(self, ttl_seconds: float) -> list[str]:
@@ -81,3 +98,16 @@ class Nodes(StorageBase):
     def get_cpu_count_of_node(self, role: str | None = None) -> int | None:
         """CPU count of the first registered node (of ``role`` if given); None with no node."""
         return self._read(lambda conn: cpu_count_of(conn, role))
+
+
+def task_types_of(stored: str | None) -> tuple[str, ...] | None:
+    """The ``task_types`` column read back; None when unknown (NULL, or not a JSON list of strings)."""
+    if stored is None:
+        return None
+    try:
+        types = json.loads(stored)
+    except ValueError:
+        return None
+    if not isinstance(types, list) or not all(isinstance(t, str) for t in types):
+        return None
+    return tuple(types)

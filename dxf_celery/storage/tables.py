@@ -138,6 +138,8 @@ class NodeRow(Base):
     role: Mapped[str] = mapped_column(String(64), nullable=False, default="")
     cpu_count: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     heartbeat: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+    #: The task types the node's process registered, a JSON list; NULL = unknown (an older node).
+    task_types: Mapped[str | None] = mapped_column(LongText, nullable=True)
 
 
 class LeaseRow(Base):

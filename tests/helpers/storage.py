@@ -109,3 +109,20 @@ def empty_database_url(kind: str, tmp_path: Path, suffix: str = "empty") -> str:
         conn.execute(text(f"CREATE DATABASE `{name}`"))
     admin.dispose()
     return MYSQL_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+
+
+def alembic_revisions() -> list[tuple[str, str | None]]:
+    """The shipped Alembic revisions as (revision, down_revision), oldest first."""
+    from alembic.script import ScriptDirectory
+
+    from dxf_celery.storage.migrate import alembic_config
+
+    script = ScriptDirectory.from_config(alembic_config("sqlite://"))  # type: ignore[arg-type]
+    revs = [(r.revision, r.down_revision) for r in script.walk_revisions()]
+    assert all(isinstance(down, (str, type(None))) for _, down in revs), "no merge revisions expected"
+    return [(rev, down) for rev, down in reversed(revs)]  # type: ignore[misc]
+
+
+def alembic_head() -> str:
+    """The newest shipped Alembic revision (what ``migrate`` stamps)."""
+    return alembic_revisions()[-1][0]

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from helpers.storage import empty_database_url
+from helpers.storage import alembic_head, empty_database_url
 from sqlalchemy import Engine, create_engine, inspect, text
 
 from dxf_celery.errors import StorageUnavailableError
-from dxf_celery.storage import migrate
+from dxf_celery.storage import TaskManager, migrate
 from dxf_celery.storage.migrate import VERSION_TABLE, downgrade
 from dxf_celery.storage.tables import metadata
 
@@ -59,7 +59,7 @@ def test_own_version_table_next_to_the_apps(empty_url: str, engine: Engine) -> N
     migrate(empty_url)
     with engine.connect() as conn:
         dxf_versions = [r[0] for r in conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}"))]
-    assert dxf_versions == ["0001"]
+    assert dxf_versions == [alembic_head()]
     assert _app_alembic_version(engine) == ["app_head_1234"]
     downgrade(empty_url)
     assert _app_alembic_version(engine) == ["app_head_1234"]
@@ -72,7 +72,7 @@ def test_migrate_twice_is_a_no_op(empty_url: str, engine: Engine) -> None:
     migrate(empty_url)
     with engine.connect() as conn:
         assert conn.execute(text("SELECT host FROM dxf_node")).scalars().all() == ["n1"]
-        assert conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all() == ["0001"]
+        assert conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all() == [alembic_head()]
     assert _diff(engine) == []
 
 
@@ -102,3 +102,24 @@ def test_migrate_unreachable_database_is_a_dxf_error(db_kind: str) -> None:
     with pytest.raises(StorageUnavailableError, match="Check that the server is running") as info:
         migrate(url)
     assert secret not in str(info.value)
+
+
+def test_0002_adds_node_task_types_to_a_0001_database_and_back(empty_url: str, engine: Engine) -> None:
+    """A cluster upgraded under running nodes keeps them; their rows say "types unknown"."""
+    migrate(empty_url, "0001")
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO dxf_node (host, role, cpu_count) VALUES ('old@host', 'gpu', 4)"))
+    migrate(empty_url, "0002")
+    tm = TaskManager(empty_url)
+    try:
+        (node,) = tm.get_all_nodes()
+        assert (node.id, node.role, node.cpu_count, node.task_types) == ("old@host", "gpu", 4, None)
+        tm.init_meta("new@host", "", 2, task_types=["noop"])
+        assert [n.task_types for n in tm.get_all_nodes()] == [("noop",), None]
+    finally:
+        tm.dispose()
+    downgrade(empty_url, "0001")
+    assert "task_types" not in {c["name"] for c in inspect(engine).get_columns("dxf_node")}
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT host FROM dxf_node ORDER BY host")).scalars().all() == ["new@host", "old@host"]
+        assert conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all() == ["0001"]

@@ -19,6 +19,7 @@ from django.utils.safestring import SafeString
 from dxf_celery.contrib.django.conf import get_dxf
 from dxf_celery.contrib.django.models import Node, Subtask, SubtaskHistory, Task, TaskHistory
 from dxf_celery.proto import SubtaskState
+from dxf_celery.storage.nodes import task_types_of
 
 
 class _ReadOnly(admin.ModelAdmin):  # type: ignore[misc]  # Django ships no type hints
@@ -212,7 +213,12 @@ class SubtaskHistoryAdmin(_SubtaskAdmin):
 
 @admin.register(Node)
 class NodeAdmin(_ReadOnly):
-    list_display = ("host", "role", "cpu_count", "heartbeat")
+    list_display = ("host", "role", "cpu_count", "heartbeat", "types")
     list_filter = ("role",)
     search_fields = ("host",)
     actions = None
+
+    @admin.display(description="task types")  # type: ignore[untyped-decorator]
+    def types(self, node: Node) -> str:
+        types = task_types_of(node.task_types)
+        return "unknown (older version)" if types is None else ", ".join(types) or "none"

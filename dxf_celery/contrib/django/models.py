@@ -109,6 +109,8 @@ class Node(models.Model):  # type: ignore[misc]
     role = models.CharField(max_length=64, blank=True)
     cpu_count = models.IntegerField("slots")
     heartbeat = models.DateTimeField(null=True)
+    #: JSON list of the task types the node's process registered; NULL = unknown (an older node).
+    task_types = models.TextField(null=True)
 
     class Meta:
         managed = False

@@ -63,10 +63,15 @@ def submit_task(
 ) -> Task:
     """Create a pending task and return it.
 
-    A key already used, live or in history, raises :class:`TaskAlreadyExistsError`. The task
-    type is not checked here (the submitting process need not import it): the scheduler
-    fails a task whose type it does not know.
+    A key already used, live or in history, raises :class:`TaskAlreadyExistsError`; text that
+    cannot be stored (a lone surrogate) raises :class:`InvalidTaskError`. The task type is not
+    checked against this process (the submitting process need not import it); when every live
+    node reported its types and none registered this one, the task is accepted with a warning
+    (see :func:`waiting_reason`), and the scheduler fails a task whose type it does not know.
     """
+    _check_text("task key", key)
+    _check_text("task type", task_type)
+    _check_text("target_scope", target_scope)
     task_id = tm.create_task(
         key,
         task_type,
@@ -85,7 +90,13 @@ def submit_task(
 
 
 def waiting_reason(tm: TaskManager, task: Task) -> str | None:
-    """Why a pending task cannot start yet for lack of a node, or None when some node can run it."""
+    """Why a pending task cannot start yet for lack of a node, or None when some node can run it.
+
+    The task-type reason needs every node that may run the task to have reported its types
+    (a node of an older version reports none): a guess would warn about working setups.
+    """
+    from dxf_celery.scheduler.nodes import filter_by_scope  # the scheduler's rule; storage is loaded by now
+
     if task.state != TaskState.PENDING:
         return None
     nodes = tm.get_all_nodes()
@@ -93,7 +104,28 @@ def waiting_reason(tm: TaskManager, task: Task) -> str | None:
         return "no worker node is registered: it waits until one starts"
     if task.target_scope and all(n.role != task.target_scope for n in nodes):
         return f"no node has the role {task.target_scope!r} (its target scope): it waits until one joins"
+    eligible = filter_by_scope(nodes, task.target_scope)
+    known = [n.task_types for n in eligible if n.task_types is not None]
+    if eligible and len(known) == len(eligible) and all(task.type not in types for types in known):
+        among = "" if len(eligible) == len(nodes) else f" with the role {eligible[0].role!r}"
+        return (
+            f"no live worker{among} registered the task type {task.type!r}: start workers that import the "
+            f"module registering it (a scheduler pass on a worker that does not know the type fails the task)"
+        )
     return None
+
+
+def _check_text(what: str, value: object) -> None:
+    """Refuse a string the database drivers cannot encode (a lone surrogate, e.g. from a bad argv byte)."""
+    if not isinstance(value, str):
+        return  # the storage layer names the wrong type
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise InvalidTaskError(
+            f"{what} {value!r:.80} is not valid text: {value[err.start]!r} at position {err.start} "
+            f"is a lone surrogate, which cannot be stored; pass UTF-8 text"
+        ) from None
 
 
 def get_task(tm: TaskManager, key_or_id: str | int) -> Task:
@@ -105,6 +137,7 @@ def get_task(tm: TaskManager, key_or_id: str | int) -> Task:
             return tm.get_task_by_id_with_history(key_or_id)
         except TaskNotFoundError:
             raise TaskNotFoundError(f"no task with id {key_or_id}") from None
+    _check_text("task key", key_or_id)
     try:
         return tm.get_task_by_key_with_history(key_or_id)
     except TaskNotFoundError:

@@ -77,10 +77,11 @@ def show(ctx: click.Context, key_or_id: str, subtasks: bool, as_json: bool) -> N
     task = rt.find_task(key_or_id)
     progress = rt.get_task_progress(task.id)
     subs = rt.get_subtasks(task.id) if subtasks else None
+    waiting = handle.waiting_reason(rt.task_manager, task)
     if as_json:
-        click.echo(render.to_json(render.task_detail(task, progress, subs)))
+        click.echo(render.to_json(render.task_detail(task, progress, subs, waiting)))
         return
-    click.echo(render.task_fields(task, handle.waiting_reason(rt.task_manager, task)))
+    click.echo(render.task_fields(task, waiting))
     click.echo(render.progress_text(progress))
     if subs is not None:
         click.echo("")

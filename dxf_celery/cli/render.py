@@ -105,9 +105,12 @@ def node_to_dict(node: ManagedNode, used: int) -> dict[str, Any]:
     }
 
 
-def task_detail(task: Task, progress: TaskProgress, subtasks: Sequence[Subtask] | None) -> dict[str, Any]:
-    """``show --json``: the task, its progress per step and, if asked, its subtasks."""
+def task_detail(
+    task: Task, progress: TaskProgress, subtasks: Sequence[Subtask] | None, waiting: str | None = None
+) -> dict[str, Any]:
+    """``show --json``: the task, why it waits (or null), its progress per step and, if asked, its subtasks."""
     data = task_to_dict(task)
+    data["waiting"] = waiting
     data["progress"] = progress.to_dict()["steps"]
     if subtasks is not None:
         data["subtasks"] = [subtask_to_dict(s) for s in subtasks]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from dxf_celery.context import Context
@@ -33,9 +33,13 @@ class TaskTable(Protocol):
         self, exec_id: str, task_id: int, step: int, *states: SubtaskState | str
     ) -> Subtask | None: ...
 
-    def init_meta(self, exec_id: str, role: str = "", cpu_count: int | None = None) -> None: ...
+    def init_meta(
+        self, exec_id: str, role: str = "", cpu_count: int | None = None, task_types: Iterable[str] | None = None
+    ) -> None: ...
 
-    def recover_meta(self, exec_id: str, role: str = "", cpu_count: int | None = None) -> None: ...
+    def recover_meta(
+        self, exec_id: str, role: str = "", cpu_count: int | None = None, task_types: Iterable[str] | None = None
+    ) -> None: ...
 
     def heartbeat(self, exec_id: str) -> bool: ...
 

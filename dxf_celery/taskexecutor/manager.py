@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TypeVar
 
 from dxf_celery.context import Context
@@ -20,6 +20,7 @@ from dxf_celery.retry import run_with_retry
 from dxf_celery.taskexecutor.interfaces import TaskTable
 from dxf_celery.taskexecutor.launcher import Launcher, RunningExecutor, ThreadLauncher
 from dxf_celery.taskexecutor.param import Intervals, InvalidSettingError, Param
+from dxf_celery.taskexecutor.register import snapshot_task_executors
 from dxf_celery.taskexecutor.slots import SlotManager
 
 logger = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ class Manager:
         role: str = "",
         intervals: Intervals | None = None,
         launcher: Launcher | None = None,
+        task_types: Callable[[], Iterable[str]] | None = None,
     ) -> None:
         if not exec_id:
             raise InvalidSettingError("exec_id must name this node (e.g. the Celery worker's nodename)")
@@ -53,6 +55,8 @@ class Manager:
         self.role = role
         self.intervals = intervals or Intervals()
         self.launcher: Launcher = launcher or ThreadLauncher()
+        #: The types this node reports in its row (default: every ``register_task_type`` of the process).
+        self.task_types: Callable[[], Iterable[str]] = task_types or snapshot_task_executors
         self.slot_manager = SlotManager(node_resource.total_cpu)
         self._executors: dict[int, RunningExecutor] = {}
         self._pass_lock = threading.Lock()
@@ -86,9 +90,10 @@ class Manager:
         )
 
     def init_meta(self) -> None:
-        """Register this node (role, CPU slots); retried on transient errors."""
+        """Register this node (role, CPU slots, task types); retried on transient errors."""
         cpu = self.node_resource.total_cpu
-        self._sql(lambda: self.task_table.init_meta(self.exec_id, self.role, cpu), "init_meta")
+        types = sorted(self.task_types())
+        self._sql(lambda: self.task_table.init_meta(self.exec_id, self.role, cpu, types), "init_meta")
 
     def _periodic(self) -> None:
         now = time.monotonic()
@@ -96,7 +101,7 @@ class Manager:
         if now >= self._next_recover:
             self._next_recover = now + self.intervals.recover_meta
             try:
-                self.task_table.recover_meta(self.exec_id, self.role, cpu)
+                self.task_table.recover_meta(self.exec_id, self.role, cpu, sorted(self.task_types()))
             except Exception as err:
                 logger.warning("%s: recover_meta failed: %s", self.exec_id, err)
         if now >= self._next_heartbeat:
@@ -104,7 +109,7 @@ class Manager:
             try:
                 if not self.task_table.heartbeat(self.exec_id):
                     # Our row was removed (we were deemed dead): put it back at once.
-                    self.task_table.recover_meta(self.exec_id, self.role, cpu)
+                    self.task_table.recover_meta(self.exec_id, self.role, cpu, sorted(self.task_types()))
             except Exception as err:
                 logger.warning("%s: heartbeat failed: %s", self.exec_id, err)
 

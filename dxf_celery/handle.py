@@ -107,7 +107,7 @@ def waiting_reason(tm: TaskManager, task: Task) -> str | None:
     eligible = filter_by_scope(nodes, task.target_scope)
     known = [n.task_types for n in eligible if n.task_types is not None]
     if eligible and len(known) == len(eligible) and all(task.type not in types for types in known):
-        among = "" if len(eligible) == len(nodes) else f" with the role {eligible[0].role!r}"
+        among = "" if len(eligible) == len(nodes) else f" that may run it (role {eligible[0].role!r})"
         return (
             f"no live worker{among} registered the task type {task.type!r}: start workers that import the "
             f"module registering it (a scheduler pass on a worker that does not know the type fails the task)"

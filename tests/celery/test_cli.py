@@ -329,3 +329,32 @@ def test_show_says_why_a_task_waits_for_a_node(
     assert "no node has the role 'gpu'" in run(app, "show", "gpu-1").output
     task_manager.init_meta("gpu@host", "gpu", 4)
     assert "waiting" not in run(app, "show", "gpu-1").output
+
+
+def test_show_says_when_no_live_worker_registered_the_type(
+    app: Celery, task_manager: TaskManager, caplog: pytest.LogCaptureFixture
+) -> None:
+    task_manager.init_meta("plain@host", "", 4, task_types=["noop"])
+    with caplog.at_level("WARNING", logger="dxf_celery.handle"):
+        assert run(app, "submit", "rep-1", "report").exit_code == 0
+    assert "no live worker registered the task type 'report'" in caplog.text
+    shown = run(app, "show", "rep-1").output
+    waiting = [line for line in shown.splitlines() if line.startswith("waiting")]
+    assert len(waiting) == 1 and "no live worker registered the task type 'report'" in waiting[0], shown
+    detail = json.loads(run(app, "show", "rep-1", "--json").output)
+    assert detail["waiting"].startswith("no live worker registered the task type 'report'")
+    task_manager.init_meta("reports@host", "", 4, task_types=["report"])
+    assert "waiting" not in run(app, "show", "rep-1").output
+    assert json.loads(run(app, "show", "rep-1", "--json").output)["waiting"] is None
+
+
+@pytest.mark.parametrize("command", ["submit", "show", "cancel", "pause", "wait"])
+def test_an_unencodable_key_is_one_line(app: Celery, task_manager: TaskManager, command: str) -> None:
+    """A non-UTF-8 byte in argv reaches Python as a lone surrogate (surrogateescape)."""
+    args = [command, "bad-\udcff", *(["noop"] if command == "submit" else [])]
+    res = run(app, *args)
+    assert res.exit_code == 1, res.output
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and "lone surrogate" in lines[0] and "\\udcff" in lines[0], res.output
+    assert "Traceback" not in res.output
+    assert handle.list_tasks(task_manager) == []

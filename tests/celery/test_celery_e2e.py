@@ -336,13 +336,18 @@ def test_two_beats_change_nothing_but_timing(e2e: E2E) -> None:
 # ---------------------------------------------------------------------- unknown types
 
 
-def test_unknown_type_fails_clearly_and_the_worker_survives(e2e: E2E) -> None:
+def test_unknown_type_fails_clearly_and_the_worker_survives(e2e: E2E, caplog: pytest.LogCaptureFixture) -> None:
     worker = e2e.procs.start_worker(
         "bare@e2e", pool="prefork", concurrency=2, slots=2, extra_env={"DXF_E2E_TYPES": "0"}
     )
+    # The worker registered its node with the types it imported: none.
+    assert [n.task_types for n in e2e.dxf.task_manager.get_all_nodes()] == [()]
     e2e.procs.start_beat()
-    unknown = e2e.dxf.submit_task("no-such-type", "no_such_type")
-    not_here = e2e.dxf.submit_task("not-on-this-worker", "e2e", meta=e2e.meta(steps=1, subtasks=2))
+    with caplog.at_level("WARNING", logger="dxf_celery.handle"):
+        unknown = e2e.dxf.submit_task("no-such-type", "no_such_type")
+        not_here = e2e.dxf.submit_task("not-on-this-worker", "e2e", meta=e2e.meta(steps=1, subtasks=2))
+    for type_name in ("no_such_type", "e2e"):
+        assert f"no live worker registered the task type {type_name!r}" in caplog.text, caplog.text
     for task, type_name in ((unknown, "no_such_type"), (not_here, "e2e")):
         final = e2e.dxf.wait_task(task.id, timeout=60, raise_error=False)
         assert final.state == TaskState.FAILED
@@ -355,6 +360,10 @@ def test_unknown_type_fails_clearly_and_the_worker_survives(e2e: E2E) -> None:
 
     replies = wait_until(node_reply, 60, what="a dxf_node reply from bare@e2e")
     assert replies and replies[0]["bare@e2e"]["registered"] is True, replies
+    # A worker that imports the type reports it in its row.
+    e2e.procs.start_worker("typed@e2e", pool="threads", concurrency=2, slots=2)
+    types = {n.id: n.task_types for n in e2e.dxf.task_manager.get_all_nodes()}
+    assert types["bare@e2e"] == () and "e2e" in (types["typed@e2e"] or ()), types
 
 
 # ---------------------------------------------------------------------- shutdown and monitoring

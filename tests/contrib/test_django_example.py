@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from helpers.db import PG_ADMIN_URL, throwaway_postgres_database
 from helpers.paths import REPO_ROOT
+from helpers.storage import alembic_head, alembic_revisions
 from sqlalchemy import create_engine, inspect, text
 
 from dxf_celery.storage import migrate
@@ -97,11 +98,18 @@ def test_migrate_from_empty_creates_every_dxf_table_and_again_is_a_noop(empty_db
     for table in DXF_TABLES:
         assert f"CREATE TABLE {table} (" in sql, table
     assert "INSERT INTO dxf_alembic_version (version_num) VALUES ('0001')" in sql
-    assert "[ ] 0001_initial" in manage(empty_db, "showmigrations", "dxf_celery")
+    sql = manage(empty_db, "sqlmigrate", "dxf_celery", "0002")
+    assert "ALTER TABLE dxf_node ADD COLUMN task_types TEXT" in sql, sql
+    assert "UPDATE dxf_alembic_version SET version_num='0002' WHERE dxf_alembic_version.version_num = '0001'" in sql
+    shown = manage(empty_db, "showmigrations", "dxf_celery")
+    assert "[ ] 0001_initial" in shown and "[ ] 0002_node_task_types" in shown
 
-    assert "Applying dxf_celery.0001_initial... OK" in manage(empty_db, "migrate", "--noinput")
+    applied = manage(empty_db, "migrate", "--noinput")
+    # One Django migration per Alembic revision, and migrate stamps the newest.
+    for revision, _ in alembic_revisions():
+        assert re.search(rf"Applying dxf_celery\.{revision}_\w+\.\.\. OK", applied), (revision, applied)
     assert _tables(empty_db) >= DXF_TABLES
-    assert _scalar(empty_db, "SELECT version_num FROM dxf_alembic_version") == "0001"
+    assert _scalar(empty_db, "SELECT version_num FROM dxf_alembic_version") == alembic_head()
     assert "[X] 0001_initial" in manage(empty_db, "showmigrations", "dxf_celery")
 
     again = manage(empty_db, "migrate", "--noinput")
@@ -125,7 +133,7 @@ def test_migrate_adopts_tables_made_by_celery_dxf_migrate(empty_db: str) -> None
     engine.dispose()
     manage(empty_db, "migrate", "--noinput")
     assert _scalar(empty_db, "SELECT count(*) FROM dxf_node") == 1
-    assert _scalar(empty_db, "SELECT version_num FROM dxf_alembic_version") == "0001"
+    assert _scalar(empty_db, "SELECT version_num FROM dxf_alembic_version") == alembic_head()
 
 
 def test_manage_py_dxf_commands(empty_db: str) -> None:

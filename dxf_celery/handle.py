@@ -95,7 +95,9 @@ def waiting_reason(tm: TaskManager, task: Task) -> str | None:
     The task-type reason needs every node that may run the task to have reported its types
     (a node of an older version reports none): a guess would warn about working setups.
     """
-    from dxf_celery.scheduler.nodes import filter_by_scope  # the scheduler's rule; storage is loaded by now
+    # The scheduler's own scope rule, imported here: importing handle stays light (the
+    # scheduler package loads SQLAlchemy).
+    from dxf_celery.scheduler.nodes import filter_by_scope
 
     if task.state != TaskState.PENDING:
         return None

@@ -3,15 +3,20 @@
 Fast and without a database or configured Django settings (Django may be configured once per
 process, by tests/contrib/test_contrib.py): the migration modules are imported and their
 operations replayed into a Django ``ProjectState``. A schema change that forgets its Django
-migration, or a Django migration whose fields drift from the tables, fails here. Django's own
-``makemigrations --check`` (tests/contrib/test_django_example.py) holds models.py to the
-migrations.
+migration, or a Django migration whose fields drift from the tables, fails here. models.py is
+checked in a subprocess (it needs configured settings): Django's ``makemigrations --check``
+does not see field changes of unmanaged models, so it cannot hold models.py to the tables.
 """
 
 from __future__ import annotations
 
 import importlib
+import json
 import pkgutil
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterable
 from types import ModuleType
 from typing import Any
 
@@ -51,6 +56,19 @@ def test_each_alembic_revision_has_one_django_migration_in_the_same_order() -> N
     assert [ops[0] for ops in mirrored] == alembic_revisions()
 
 
+def _sql_columns() -> dict[str, dict[str, list[Any]]]:
+    """Each table with a Django model: column -> [nullable, string length]."""
+    return {
+        t.name: {c.name: [bool(c.nullable) and not c.primary_key, getattr(c.type, "length", None)] for c in t.columns}
+        for t in metadata.sorted_tables
+        if t.name not in NO_MODEL
+    }
+
+
+def _django_columns(fields: Iterable[tuple[str, Any]]) -> dict[str, list[Any]]:
+    return {(f.db_column or name): [bool(f.null), getattr(f, "max_length", None)] for name, f in fields}
+
+
 def test_the_django_models_after_the_last_migration_have_the_tables_columns() -> None:
     from django.db.migrations.state import ProjectState
 
@@ -58,15 +76,32 @@ def test_the_django_models_after_the_last_migration_have_the_tables_columns() ->
     for module in _django_migrations():
         for op in module.Migration.operations:
             op.state_forwards(APP_LABEL, state)
-    models = {ms.options["db_table"]: ms for ms in state.models.values()}
-    assert set(models) == {t.name for t in metadata.sorted_tables} - NO_MODEL
-    for name, model in models.items():
-        assert model.options.get("managed") is False, name
-        table = metadata.tables[name]
-        django_cols: dict[str, tuple[bool, Any]] = {
-            (f.db_column or field): (bool(f.null), getattr(f, "max_length", None)) for field, f in model.fields.items()
+    assert all(ms.options.get("managed") is False for ms in state.models.values())
+    django = {ms.options["db_table"]: _django_columns(ms.fields.items()) for ms in state.models.values()}
+    assert django == _sql_columns()
+
+
+MODELS_SCRIPT = textwrap.dedent("""
+    import json
+    import django
+    from django.conf import settings
+    settings.configure(
+        INSTALLED_APPS=["dxf_celery.contrib.django.DXFConfig"],
+        DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}},
+    )
+    django.setup()
+    from django.apps import apps
+    out = {}
+    for model in apps.get_app_config("dxf_celery").get_models():
+        assert model._meta.managed is False, model
+        out[model._meta.db_table] = {
+            f.column: [bool(f.null), getattr(f, "max_length", None)] for f in model._meta.concrete_fields
         }
-        sql_cols = {
-            c.name: (bool(c.nullable) and not c.primary_key, getattr(c.type, "length", None)) for c in table.columns
-        }
-        assert django_cols == sql_cols, name
+    print(json.dumps(out))
+""")
+
+
+def test_the_models_module_has_the_tables_columns() -> None:
+    proc = subprocess.run([sys.executable, "-c", MODELS_SCRIPT], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == _sql_columns()

@@ -42,6 +42,9 @@ _EXPORTS: dict[str, str] = {
     "NonIdempotentSubtaskError": "dxf_celery.errors",
     "CancelSubtaskError": "dxf_celery.errors",
     "ExecutorCancelledError": "dxf_celery.errors",
+    "SubtaskNotStartedError": "dxf_celery.errors",
+    "DrainGraceExpiredError": "dxf_celery.errors",
+    "NodeFencedError": "dxf_celery.errors",
     "UnknownTaskTypeError": "dxf_celery.errors",
     "StorageUnavailableError": "dxf_celery.errors",
     "TaskFailedError": "dxf_celery.errors",
@@ -72,6 +75,9 @@ if TYPE_CHECKING:
         CancelSubtaskError as CancelSubtaskError,
     )
     from dxf_celery.errors import (
+        DrainGraceExpiredError as DrainGraceExpiredError,
+    )
+    from dxf_celery.errors import (
         DXFError as DXFError,
     )
     from dxf_celery.errors import (
@@ -81,6 +87,9 @@ if TYPE_CHECKING:
         InvalidTaskError as InvalidTaskError,
     )
     from dxf_celery.errors import (
+        NodeFencedError as NodeFencedError,
+    )
+    from dxf_celery.errors import (
         NonIdempotentSubtaskError as NonIdempotentSubtaskError,
     )
     from dxf_celery.errors import (
@@ -88,6 +97,9 @@ if TYPE_CHECKING:
     )
     from dxf_celery.errors import (
         SubtaskNotFoundError as SubtaskNotFoundError,
+    )
+    from dxf_celery.errors import (
+        SubtaskNotStartedError as SubtaskNotStartedError,
     )
     from dxf_celery.errors import (
         TaskAlreadyExistsError as TaskAlreadyExistsError,

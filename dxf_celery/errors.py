@@ -65,6 +65,36 @@ class CancelSubtaskError(DXFError):
         super().__init__(message)
 
 
+class SubtaskNotStartedError(DXFError):
+    """Raise it from ``run_subtask`` to say "I stopped before doing any side effect".
+
+    The framework then puts the row back to ``pending`` (only if it is still ``running`` on
+    this node), so it runs again later - here or on another node - instead of being left
+    ``running``, which a non-idempotent type could never resume. Typical use: step code that
+    sees its Context cancelled (drain grace over, preemption, shutdown) before it wrote anything.
+    """
+
+    def __init__(self, message: str = "subtask stopped before doing anything") -> None:
+        super().__init__(message)
+
+
+class DrainGraceExpiredError(DXFError):
+    """Cancel cause of a subtask still running when its executor's drain grace ran out (row left ``running``)."""
+
+    def __init__(self, message: str = "the drain grace (dxf_drain_grace) ran out before the subtask finished") -> None:
+        super().__init__(message)
+
+
+class NodeFencedError(DXFError):
+    """Cancel cause of a subtask whose node lost touch with the database for longer than the node TTL.
+
+    The scheduler may have given the row to another node meanwhile; the row is left as it is.
+    """
+
+    def __init__(self, message: str = "this node could not renew its liveness for longer than dxf_node_ttl") -> None:
+        super().__init__(message)
+
+
 class ExecutorCancelledError(BaseException):
     """Raised inside step code that did not stop within ``cancel_grace`` after its Context was cancelled.
 

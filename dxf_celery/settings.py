@@ -21,6 +21,10 @@ from dxf_celery.taskexecutor.param import Intervals
 PREFIX = "dxf_"
 #: The core's own defaults: a setting left unset means exactly what the core would use.
 _EXECUTOR = Intervals()
+#: Seconds a shutdown keeps after the drain (and the cancel grace) for the last SQL writes.
+DRAIN_MARGIN = 5.0
+#: Share of ``dxf_node_ttl`` without a successful database read after which an executor fences itself.
+FENCE_SHARE = 0.5
 _SCHEDULER = SchedulerIntervals()
 
 
@@ -98,6 +102,10 @@ class DXFSettings:
     #: Seconds a warm shutdown may take before the worker exits anyway (0 = wait as long as Celery
     #: does); a cold shutdown gets at most 10 s of it.
     shutdown_timeout: float = 60.0
+    #: Seconds a draining executor lets its running subtask finish (warm shutdown, preemption)
+    #: before it abandons it as ``running``; 0 = abandon at once (DXF). Kept inside
+    #: ``dxf_shutdown_timeout`` (see :attr:`effective_drain_grace`).
+    drain_grace: float = 30.0
 
     @classmethod
     def from_conf(cls, conf: Mapping[str, Any] | Any, **overrides: Any) -> DXFSettings:
@@ -148,6 +156,8 @@ class DXFSettings:
             raise DXFConfigError("dxf_max_subtask_check_interval must be >= dxf_subtask_check_interval")
         if self.database_connect_retries < 1:
             raise DXFConfigError(f"dxf_database_connect_retries must be >= 1, got {self.database_connect_retries}")
+        if self.drain_grace < 0:
+            raise DXFConfigError(f"dxf_drain_grace must be >= 0 s (0 = no drain), got {self.drain_grace}")
         if self.shutdown_timeout < 0:
             raise DXFConfigError(f"dxf_shutdown_timeout must be >= 0 s (0 = no bound), got {self.shutdown_timeout}")
         if self.node_slots < 1:
@@ -163,6 +173,19 @@ class DXFSettings:
             raise DXFConfigError(f"dxf_metrics_port must be 0 (off) or a TCP port, got {self.metrics_port}")
         if not self.queue_prefix or not self.scheduler_queue:
             raise DXFConfigError("dxf_queue_prefix and dxf_scheduler_queue must be non-empty queue names")
+
+    @property
+    def effective_drain_grace(self) -> float:
+        """``drain_grace``, cut so that a drain ends before the ``dxf_shutdown_timeout`` watchdog fires.
+
+        The watchdog kills the worker ``shutdown_timeout`` seconds after the shutdown signal;
+        a drain must leave it ``cancel_grace`` (to interrupt step code that ignores its
+        cancellation) plus :data:`DRAIN_MARGIN` seconds (to record the outcome and exit).
+        """
+        if self.shutdown_timeout <= 0:
+            return self.drain_grace
+        room = self.shutdown_timeout - self.cancel_grace - DRAIN_MARGIN
+        return max(0.0, min(self.drain_grace, room))
 
     def node_queue(self, nodename: str) -> str:
         """The queue that only node ``nodename`` consumes (its executors land there).

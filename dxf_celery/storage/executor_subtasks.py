@@ -151,6 +151,23 @@ class ExecutorSubtasks(StorageBase):
         )
         self._write(lambda conn: conn.execute(stmt))
 
+    def subtask_back_to_pending(self, exec_id: str, subtask_id: int) -> bool:
+        """running → pending for a subtask whose step code said it did nothing (``SubtaskNotStartedError``).
+
+        A compare-and-set on ``(id, exec_id, running)``: a row the balancer moved, the
+        scheduler settled or another node claimed is left alone (False).
+        """
+        stmt = (
+            update(subtask_table)
+            .where(
+                subtask_table.c.id == subtask_id,
+                subtask_table.c.exec_id == exec_id,
+                subtask_table.c.state == SubtaskState.RUNNING.value,
+            )
+            .values(state=SubtaskState.PENDING.value, start_time=None, state_update_time=utcnow())
+        )
+        return bool(self._write(lambda conn: conn.execute(stmt).rowcount) > 0)
+
     def pause_subtasks(self, exec_id: str, task_id: int) -> int:
         stmt = (
             update(subtask_table)

@@ -39,11 +39,23 @@ class RunningExecutor(Protocol):
     def cancel_running_subtask(self) -> None:
         """The task is reverting: the running subtask ends ``canceled``."""
 
+    def drain(self) -> None:
+        """Preemption / warm shutdown: finish the running subtask, claim no more (idempotent, may be resent)."""
+
     def done(self) -> bool:
         """``run()`` has returned (or the process running it died)."""
 
     def close(self) -> None:
         """After ``done()``: release what the executor holds."""
+
+
+def drain_executor(running: RunningExecutor | TaskExecutor) -> None:
+    """Drain ``running``; one without ``drain`` (written before it existed) is cancelled instead."""
+    drain = getattr(running, "drain", None)
+    if drain is not None:
+        drain()
+    else:
+        running.cancel()
 
 
 class Launcher(Protocol):
@@ -142,6 +154,9 @@ class ThreadRunningExecutor:
 
     def cancel_running_subtask(self) -> None:
         self.executor.cancel_running_subtask()
+
+    def drain(self) -> None:
+        drain_executor(self.executor)
 
     def done(self) -> bool:
         return not self._thread.is_alive()

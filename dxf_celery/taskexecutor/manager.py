@@ -18,7 +18,7 @@ from dxf_celery.errors import is_transient_error
 from dxf_celery.proto import NodeResource, TaskBase, TaskState
 from dxf_celery.retry import run_with_retry
 from dxf_celery.taskexecutor.interfaces import TaskTable
-from dxf_celery.taskexecutor.launcher import Launcher, RunningExecutor, ThreadLauncher
+from dxf_celery.taskexecutor.launcher import Launcher, RunningExecutor, ThreadLauncher, drain_executor
 from dxf_celery.taskexecutor.param import Intervals, InvalidSettingError, Param
 from dxf_celery.taskexecutor.register import snapshot_task_executors
 from dxf_celery.taskexecutor.slots import SlotManager
@@ -62,6 +62,8 @@ class Manager:
         self._pass_lock = threading.Lock()
         self._exec_lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._draining_all = False
+        self._preempted: set[int] = set()
         now = time.monotonic()
         self._next_heartbeat = now + self.intervals.heartbeat
         self._next_recover = now + self.intervals.recover_meta
@@ -142,7 +144,10 @@ class Manager:
                     self._handle_pausing(task, running)
                 elif task.state == TaskState.REVERTING:
                     self._handle_reverting(task, running)
-            self._handle_executable(candidates)
+            if self._draining_all:
+                self._drain_every_executor()
+            else:
+                self._handle_executable(candidates)
         finally:
             self._pass_lock.release()
 
@@ -153,6 +158,7 @@ class Manager:
             for running in finished:
                 del self._executors[running.task_id]
         for running in finished:
+            self._preempted.discard(running.task_id)
             self.slot_manager.free(running.task_id)
             try:
                 running.close()
@@ -204,8 +210,15 @@ class Manager:
                 for victim in victims:
                     running = self.running_executor(victim.id)
                     if running is not None:
-                        logger.info("%s: task %d preempts task %d", self.exec_id, task.id, victim.id)
-                        running.cancel()
+                        if victim.id not in self._preempted:
+                            self._preempted.add(victim.id)
+                            logger.info(
+                                "%s: task %d preempts task %d (draining it: it stops after its running subtask)",
+                                self.exec_id,
+                                task.id,
+                                victim.id,
+                            )
+                        drain_executor(running)  # sent again each pass: a drain request may be lost
                 return  # keep rank order: nothing else starts before the preempting task
             if not fits:
                 continue  # a smaller, lower-ranked task may still fit (backfilling)
@@ -250,6 +263,25 @@ class Manager:
                 logger.exception("%s: handle_tasks failed", self.exec_id)
             if self.ctx.wait(self.intervals.task_check):
                 return
+
+    def drain(self) -> None:
+        """Warm shutdown: start no executor any more; drain the running ones (on this and every later pass).
+
+        Each executor finishes its running subtask within ``intervals.drain_grace`` and claims
+        no other; the passes go on (heartbeat, pause, revert) until the caller stops the loop.
+        """
+        self._draining_all = True
+        with self._pass_lock:
+            self._drain_every_executor()
+
+    def _drain_every_executor(self) -> None:
+        with self._exec_lock:
+            runnings = list(self._executors.values())
+        for running in runnings:
+            try:
+                drain_executor(running)
+            except Exception:
+                logger.exception("%s: draining executor of task %d failed", self.exec_id, running.task_id)
 
     def cancel(self) -> None:
         """Cancel every executor (rows untouched) and the manager's loop."""

@@ -43,6 +43,12 @@ class Intervals:
     heartbeat: float = 1.0
     #: Seconds a subtask whose Context was cancelled gets to return before it is interrupted.
     cancel_grace: float = 1.0
+    #: Seconds a draining executor (warm shutdown, preemption) lets its running subtask finish
+    #: before it cancels it (0 = cancel at once, DXF's behaviour).
+    drain_grace: float = 30.0
+    #: Seconds without a successful database read after which an executor fences itself
+    #: (re-checks ownership at once; see :mod:`.fencing`); the worker sets half the node TTL.
+    fence_after: float = 5.0
     recover_meta: float = 90.0
     sql_retry_times: int = RETRY_SQL_TIMES
     sql_retry_base: float = RETRY_SQL_INTERVAL
@@ -59,12 +65,15 @@ class Intervals:
             "watch_task",
             "heartbeat",
             "cancel_grace",
+            "fence_after",
             "recover_meta",
             "sql_retry_base",
             "sql_retry_max",
         ):
             if getattr(self, name) <= 0:
                 raise InvalidSettingError(f"Intervals.{name} must be > 0 seconds, got {getattr(self, name)!r}")
+        if self.drain_grace < 0:
+            raise InvalidSettingError(f"Intervals.drain_grace must be >= 0 seconds, got {self.drain_grace!r}")
         if self.max_idle_polls < 1 or self.sql_retry_times < 1:
             raise InvalidSettingError("Intervals.max_idle_polls and Intervals.sql_retry_times must be >= 1")
 
@@ -82,6 +91,8 @@ class Intervals:
             watch_task=0.02,
             heartbeat=0.1,
             cancel_grace=0.2,
+            drain_grace=30.0,
+            fence_after=5.0,
             recover_meta=0.5,
             sql_retry_times=5,
             sql_retry_base=0.05,

@@ -27,13 +27,16 @@ from dxf_celery.errors import (
     ExecutorCancelledError,
     NonIdempotentSubtaskError,
     SubtaskNotFoundError,
+    SubtaskNotStartedError,
     TaskNotFoundError,
     is_transient_error,
 )
 from dxf_celery.proto import Subtask, SubtaskState, Task, TaskBase, TaskState
 from dxf_celery.retry import run_with_retry
 from dxf_celery.taskexecutor import interrupt
+from dxf_celery.taskexecutor.drain import Drain, back_to_pending
 from dxf_celery.taskexecutor.execute import StepExecFrameworkInfo, StepExecutor
+from dxf_celery.taskexecutor.fencing import Fence, FenceCheck, may_finish
 from dxf_celery.taskexecutor.interfaces import Extension
 from dxf_celery.taskexecutor.live_changes import apply_live_changes
 from dxf_celery.taskexecutor.ownership import SubtaskMovedAwayError, check_ownership
@@ -64,6 +67,8 @@ class BaseTaskExecutor:
         self._lock = threading.RLock()
         self._step_exec: StepExecutor | None = None
         self._step_ctx: Context | None = None
+        self.drain_state = Drain()  # read by tests and launchers; set through drain()
+        self._fence = Fence(param.intervals.fence_after)
 
     # ------------------------------------------------------------------ TaskExecutor API
 
@@ -88,6 +93,10 @@ class BaseTaskExecutor:
             step_ctx = self._step_ctx
         if step_ctx is not None:
             step_ctx.cancel(CancelSubtaskError())
+
+    def drain(self) -> None:
+        """Finish the running subtask, claim no more; cancelled past ``drain_grace`` (:mod:`.drain`)."""
+        self.drain_state.request(self.ctx, self.param.intervals.drain_grace, f"task {self._task_id} on {self._exec_id}")
 
     def close(self) -> None:
         self.cancel()
@@ -150,7 +159,7 @@ class BaseTaskExecutor:
         # instead of waiting a first interval as DXF does (it costs a whole interval of latency).
         skip_wait = True
         while True:
-            if self.ctx.done():
+            if self.ctx.done() or self.drain_state.requested:
                 return
             if not skip_wait and self.ctx.wait(interval):
                 return
@@ -197,6 +206,8 @@ class BaseTaskExecutor:
             if step_ctx is None or step_ctx.done():
                 # The task is being reverted: no new subtask may start under this step.
                 continue
+            if self.drain_state.requested:
+                return  # draining: the subtask just found is left for later (still pending)
             if self._run_subtask(step_exec, step_ctx, subtask):
                 skip_wait = True
 
@@ -310,12 +321,17 @@ class BaseTaskExecutor:
         self._persist_summary(step_exec, subtask.id, final=True)
 
         if error is None:
+            if not may_finish(table, self._exec_id, subtask):
+                return False
             try:
                 self._sql(lambda: table.finish_subtask(self._exec_id, subtask.id, subtask.meta), "finish_subtask")
             except Exception as err:
                 logger.warning("task %d: cannot finish subtask %d: %s", self._task_id, subtask.id, err)
                 return False
             return True
+        if isinstance(error, SubtaskNotStartedError) and not isinstance(subtask_ctx.cause, CancelSubtaskError):
+            back_to_pending(lambda: self._sql(lambda: table.subtask_back_to_pending(self._exec_id, subtask.id), "back"))
+            return False
         if subtask_ctx.done():
             if isinstance(subtask_ctx.cause, CancelSubtaskError):
                 self._set_subtask_state(subtask.id, SubtaskState.CANCELED, None)
@@ -382,18 +398,23 @@ class BaseTaskExecutor:
         iv = self.param.intervals
         now = time.monotonic()
         due = {
+            "fence": now + iv.watch_task,
             "watch": now + iv.watch_task,
             "balance": now + iv.check_balance,
             "summary": now + iv.update_summary,
             "modify": now + iv.detect_modify,
         }
         periods = {
+            "fence": iv.watch_task,
             "watch": iv.watch_task,
             "balance": iv.check_balance,
             "summary": iv.update_summary,
             "modify": iv.detect_modify,
         }
         checks: dict[str, Callable[[], bool]] = {
+            "fence": FenceCheck(
+                self._fence, self.param.task_table, self.extension, self._exec_id, subtask, subtask_ctx
+            ),
             "watch": lambda: self._watch_task_state(),
             "balance": lambda: self._check_balance(subtask, subtask_ctx),
             "summary": lambda: self._persist_summary(step_exec, subtask.id, final=False),
@@ -432,6 +453,7 @@ class BaseTaskExecutor:
         except Exception as err:
             logger.debug("task %d: cannot read task state: %s", self._task_id, err)
             return True
+        self._fence.reached()
         if base.state in _REVERT_STATES:
             self.cancel_running_subtask()
         elif base.state not in _RUNNABLE:

@@ -28,10 +28,37 @@ from dxf_celery.errors import ExecutorCancelledError
 from dxf_celery.proto import TaskState
 from dxf_celery.taskexecutor import interrupt
 from dxf_celery.taskexecutor.interfaces import TaskExecutor
+from dxf_celery.taskexecutor.launcher import drain_executor
 
-__all__ = ["ExecutionControl", "ExecutorCancelledError", "LocalRegistry", "local_executions"]
+__all__ = [
+    "DRAIN_SIGNAL",
+    "ExecutionControl",
+    "ExecutorCancelledError",
+    "LocalRegistry",
+    "install_drain_handler",
+    "local_executions",
+]
 
 logger = logging.getLogger(__name__)
+
+#: Sent by the node's Manager to the pool child whose executor must drain (SIGUSR1 means cancel).
+DRAIN_SIGNAL = signal.SIGUSR2
+
+#: The control of the execution running on this process's main thread (prefork child), if any.
+_signal_control: ExecutionControl | None = None
+
+
+def _on_drain_signal(signum: int, frame: FrameType | None) -> None:
+    """SIGUSR2 handler of a pool child: hand the drain to the running execution (none: nothing to drain)."""
+    control = _signal_control
+    if control is not None:
+        control._signal_drain()
+
+
+def install_drain_handler() -> None:
+    """In each pool child at start (``worker_process_init``): SIGUSR2 must never kill it (its default)."""
+    signal.signal(DRAIN_SIGNAL, _on_drain_signal)
+
 
 _REVERT_STATES = frozenset({TaskState.REVERTING, TaskState.CANCELLING, TaskState.AWAITING_RESOLUTION})
 
@@ -54,6 +81,8 @@ class ExecutionControl:
         self._lock = threading.Lock()
         self._requested: str | None = None  # None, "subtask" or "executor"
         self._pending: list[bool] = []
+        self._pending_drain: list[bool] = []
+        self._drain_requested = False
         self._force_target: int | None = None
         self._force_now = False
         self._closed = threading.Event()
@@ -67,6 +96,9 @@ class ExecutionControl:
         with self._lock:
             self._executor = executor
             early = self._requested
+            drain = self._drain_requested
+        if drain:
+            self._apply_drain()
         if early is not None:
             self._apply(early == "subtask")
 
@@ -78,11 +110,16 @@ class ExecutionControl:
             self._helper.start()
             self._previous_handler = signal.signal(signal.SIGUSR1, self._on_signal)
             interrupt.set_raiser(self.thread_ident, self._raise_by_signal)
+            global _signal_control
+            _signal_control = self
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._closed.set()
         if self._use_signal:
+            global _signal_control
+            if _signal_control is self:
+                _signal_control = None
             interrupt.set_raiser(self.thread_ident, None)
             previous = self._previous_handler
             # A handler installed outside Python reads as None: ignoring beats dying on a stray signal.
@@ -115,6 +152,25 @@ class ExecutionControl:
             attached = self._executor is not None
         if attached:
             self._apply(subtask_only)
+
+    def request_drain(self) -> None:
+        """Drain from another thread of this process (warm shutdown, preemption)."""
+        if self._closed.is_set():
+            return
+        with self._lock:
+            self._drain_requested = True
+            attached = self._executor is not None
+        if attached:
+            self._apply_drain()
+
+    def _apply_drain(self) -> None:
+        executor = self._executor
+        if executor is None:
+            return
+        try:
+            drain_executor(executor)
+        except Exception:
+            logger.exception("task %d: draining the executor failed", self.task_id)
 
     def _derive_subtask_only(self) -> bool:
         if self._read_state is None:
@@ -164,6 +220,14 @@ class ExecutionControl:
         except OSError:
             pass
 
+    def _signal_drain(self) -> None:
+        """Called from the SIGUSR2 handler: no locks, the helper thread does the work."""
+        self._pending_drain.append(True)
+        try:
+            os.write(self._wakeup_w, b"d")
+        except OSError:
+            pass
+
     def _helper_loop(self) -> None:
         while True:
             try:
@@ -172,6 +236,9 @@ class ExecutionControl:
                 return
             if not data or b"q" in data or self._closed.is_set():
                 return
+            if self._pending_drain:
+                self._pending_drain.clear()
+                self.request_drain()
             if self._pending:
                 self._pending.clear()
                 self.request(None)
@@ -203,6 +270,15 @@ class LocalRegistry:
         if control is None:
             return False
         control.request(subtask_only)
+        return True
+
+    def drain(self, celery_id: str) -> bool:
+        """Drain a local execution; True when it runs here."""
+        with self._lock:
+            control = self._controls.get(celery_id)
+        if control is None:
+            return False
+        control.request_drain()
         return True
 
     def count(self) -> int:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from dxf_celery.context import Context
 from dxf_celery.proto import Task
 from dxf_celery.taskexecutor.param import Param
-from dxf_celery.worker.execution import local_executions
+from dxf_celery.worker.execution import DRAIN_SIGNAL, local_executions
 from dxf_celery.worker.names import EXECUTE_TASK
 
 if TYPE_CHECKING:
@@ -37,6 +37,9 @@ logger = logging.getLogger(__name__)
 
 #: Extra seconds past ``launch_timeout`` before an unreceived launch counts as gone.
 RECEIVE_GRACE = 5.0
+#: Seconds between two drain requests to one executor (the Manager asks on every pass; a
+#: signal that reached a pool child before it was ready for it is simply sent again).
+DRAIN_RESEND = 1.0
 
 
 @dataclass
@@ -127,6 +130,7 @@ class CeleryRunningExecutor:
         self._launcher = launcher
         self._sent: set[str] = set()
         self._lock = threading.Lock()
+        self._last_drain: float | None = None
 
     def _once(self, kind: str) -> bool:
         with self._lock:
@@ -142,6 +146,16 @@ class CeleryRunningExecutor:
     def cancel_running_subtask(self) -> None:
         if not self.done() and self._once("subtask"):
             self._launcher.cancel_execution(self.celery_id, subtask_only=True)
+
+    def drain(self) -> None:
+        if self.done():
+            return
+        now = time.monotonic()
+        with self._lock:
+            if "executor" in self._sent or (self._last_drain is not None and now - self._last_drain < DRAIN_RESEND):
+                return
+            self._last_drain = now
+        self._launcher.drain_execution(self.celery_id)
 
     def done(self) -> bool:
         return tracker.is_done(self.celery_id)
@@ -223,6 +237,24 @@ class CeleryLauncher:
 
         worker_state.revoked.add(celery_id)
         local_executions.cancel(celery_id, subtask_only)
+
+    def drain_execution(self, celery_id: str) -> None:
+        """Ask the executor to drain: directly in-process, SIGUSR2 to a pool child, or discard a queued one."""
+        if local_executions.drain(celery_id):
+            return
+        request = tracker.request_of(celery_id)
+        pid = getattr(request, "worker_pid", None) if request is not None else None
+        if pid and pid != os.getpid():
+            try:
+                os.kill(pid, DRAIN_SIGNAL)
+            except ProcessLookupError:
+                pass
+            return
+        # Not started: it has claimed nothing, so discarding it is a drain.
+        from celery.worker import state as worker_state
+
+        worker_state.revoked.add(celery_id)
+        local_executions.drain(celery_id)
 
 
 def execute_display_name(task: Task) -> str:

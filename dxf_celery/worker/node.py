@@ -94,6 +94,7 @@ class NodeRuntime:
             intervals=state.scheduler_intervals(),
         )
         self._stopping = threading.Event()
+        self._node_stop = threading.Event()
         self._node_wake = threading.Event()
         self._tick = threading.Event()
         self._tick_reason = "beat"
@@ -137,25 +138,46 @@ class NodeRuntime:
             self.queue,
         )
 
-    def begin_shutdown(self) -> None:
-        """Warm shutdown starts: stop planning and starting, cancel executors (rows untouched)."""
+    def begin_shutdown(self, cold: bool = False) -> None:
+        """Shutdown starts: stop planning and starting executors; drain the running ones (warm) or cancel them.
+
+        A warm shutdown drains: each executor finishes its running subtask within
+        ``dxf_drain_grace`` and claims no other (Celery waits for the pool anyway). The node
+        loop keeps running meanwhile (heartbeat, resent drains) until :meth:`remove_node`.
+        """
+        if cold:
+            try:
+                self.manager.cancel()
+            except Exception:
+                logger.exception("%s: cancelling executors failed", self.nodename)
         if self._stopping.is_set():
             return
         self._stopping.set()
-        self._node_wake.set()
         self._tick.set()
-        try:
-            self.manager.cancel()
-        except Exception:
-            logger.exception("%s: cancelling executors failed", self.nodename)
+        if not cold:
+            logger.info(
+                "DXF node %s: warm shutdown, draining executors %s (grace %.0fs)",
+                self.nodename,
+                self.manager.running_task_ids(),
+                self.settings.effective_drain_grace,
+            )
+            try:
+                self.manager.drain()
+            except Exception:
+                logger.exception("%s: draining executors failed", self.nodename)
+        self._node_wake.set()
 
     def stop(self) -> None:
-        """Bootstep stop (before the pool stops): cancel executors, join the loops, free the lease."""
+        """Bootstep stop (before the pool stops): stop planning, start the drain, free the lease.
+
+        The node loop is not joined here: it heartbeats while the pool finishes the drained
+        subtasks, and stops in :meth:`remove_node`.
+        """
         if self._stopped:
             return
         self._stopped = True
         self.begin_shutdown()
-        for thread in self._threads:
+        for thread in self._threads[1:]:
             thread.join(timeout=10)
         try:
             self.scheduler.release()
@@ -168,6 +190,10 @@ class NodeRuntime:
             return
         self._removed = True
         self.stop()
+        self._node_stop.set()
+        self._node_wake.set()
+        if self._threads:
+            self._threads[0].join(timeout=10)  # no heartbeat may put the row back after the delete
         try:
             self.task_manager.delete_node(self.nodename)
             logger.info("DXF node %s removed from the cluster", self.nodename)
@@ -202,7 +228,7 @@ class NodeRuntime:
                 logger.warning("%s: cannot register the node yet: %s", self.nodename, err)
                 if self._stopping.wait(max(interval, 1.0)):
                     return
-        while not self._stopping.is_set():
+        while not self._node_stop.is_set():
             try:
                 self.manager.handle_tasks()
             except Exception:

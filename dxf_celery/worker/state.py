@@ -98,6 +98,7 @@ class DXFState:
             return self._tm
 
     def intervals(self) -> Intervals:
+        from dxf_celery.settings import FENCE_SHARE
         from dxf_celery.taskexecutor.param import Intervals
 
         s = self.settings
@@ -108,6 +109,8 @@ class DXFState:
             watch_task=s.watch_task_interval,
             heartbeat=s.heartbeat_interval,
             cancel_grace=s.cancel_grace,
+            drain_grace=s.effective_drain_grace,
+            fence_after=s.node_ttl * FENCE_SHARE,
         )
 
     def scheduler_intervals(self) -> SchedulerIntervals:

@@ -11,6 +11,7 @@ from celery import signals
 from dxf_celery.worker import control as _control  # noqa: F401  (registers the commands)
 from dxf_celery.worker import observability, shutdown
 from dxf_celery.worker.bootsteps import DXFNodeStep, DXFSchedulerTicks
+from dxf_celery.worker.execution import install_drain_handler
 from dxf_celery.worker.launcher import tracker
 from dxf_celery.worker.names import EXECUTE_TASK, SCHEDULE_TASK
 from dxf_celery.worker.node import NodeRuntime, find_runtime, runtimes
@@ -73,6 +74,11 @@ def _connect_signals() -> None:
     signals.task_revoked.connect(_on_task_revoked, weak=False)
     signals.worker_shutting_down.connect(_on_worker_shutting_down, weak=False)
     signals.worker_shutdown.connect(_on_worker_shutdown, weak=False)
+    signals.worker_process_init.connect(_on_worker_process_init, weak=False)
+
+
+def _on_worker_process_init(**_: Any) -> None:
+    install_drain_handler()
 
 
 def _on_task_received(sender: Any = None, request: Any = None, **_: Any) -> None:
@@ -88,8 +94,9 @@ def _on_task_revoked(sender: Any = None, request: Any = None, **_: Any) -> None:
 
 def _on_worker_shutting_down(sig: Any = None, how: Any = None, **_: Any) -> None:
     # Called from a signal handler: hand the work to threads, take no lock here.
+    cold = str(how or "Warm").lower() == "cold"
     for runtime in list(runtimes.values()):
-        threading.Thread(target=runtime.begin_shutdown, name="dxf-shutdown", daemon=True).start()
+        threading.Thread(target=runtime.begin_shutdown, args=(cold,), name="dxf-shutdown", daemon=True).start()
         threading.Thread(
             target=_arm_watchdog, args=(runtime, str(how or "Warm")), name="dxf-shutdown-arm", daemon=True
         ).start()

@@ -210,6 +210,26 @@ def test_pause_resume_and_back_to_pending(task_manager: TaskManager) -> None:
     task_manager.running_subtasks_back_to_pending([])
 
 
+def test_subtask_back_to_pending_is_a_compare_and_set(task_manager: TaskManager) -> None:
+    """``SubtaskNotStartedError``'s write: only a row still running on this node goes back to pending."""
+    task = running_task(task_manager, exec_ids=["n1"], n=4)
+    a, b, c, d = task_manager.get_subtasks(task.id)
+    for sub in (a, b, c):
+        task_manager.start_subtask(sub.id, "n1")
+    assert task_manager.subtask_back_to_pending("n1", a.id) is True
+    row = task_manager.get_subtask(a.id)
+    assert (row.state, row.exec_id, row.start_time, row.error) == (SubtaskState.PENDING, "n1", None, None)
+    assert task_manager.subtask_back_to_pending("n1", a.id) is False  # pending now: nothing to do
+    assert task_manager.subtask_back_to_pending("n2", b.id) is False  # not this node's row
+    assert task_manager.get_subtask(b.id).state == SubtaskState.RUNNING
+    force_subtask(task_manager, c.id, state=SubtaskState.SUCCEED)
+    assert task_manager.subtask_back_to_pending("n1", c.id) is False  # settled rows stay settled
+    assert task_manager.get_subtask(c.id).state == SubtaskState.SUCCEED
+    assert task_manager.subtask_back_to_pending("n1", d.id) is False  # never started
+    task_manager.start_subtask(a.id, "n1")  # and it can be claimed again
+    assert task_manager.get_subtask(a.id).state == SubtaskState.RUNNING
+
+
 def test_summary_and_checkpoint(task_manager: TaskManager) -> None:
     task = running_task(task_manager, n=2)
     a, b = task_manager.get_subtasks(task.id)

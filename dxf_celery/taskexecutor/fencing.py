@@ -26,6 +26,7 @@ from dxf_celery.errors import NodeFencedError
 from dxf_celery.proto import Subtask, SubtaskState
 from dxf_celery.taskexecutor.interfaces import Extension, TaskTable
 from dxf_celery.taskexecutor.ownership import SubtaskMovedAwayError, check_ownership
+from dxf_celery.taskexecutor.param import Param
 
 logger = logging.getLogger(__name__)
 
@@ -61,18 +62,12 @@ class FenceCheck:
     """The watcher's fence check for one running subtask (called at every turn of its loop)."""
 
     def __init__(
-        self,
-        fence: Fence,
-        table: TaskTable,
-        extension: Extension,
-        exec_id: str,
-        subtask: Subtask,
-        subtask_ctx: Context,
+        self, fence: Fence, param: Param, extension: Extension, subtask: Subtask, subtask_ctx: Context
     ) -> None:
         self.fence = fence
-        self.table = table
+        self.table: TaskTable = param.task_table
         self.extension = extension
-        self.exec_id = exec_id
+        self.exec_id = param.exec_id
         self.subtask = subtask
         self.subtask_ctx = subtask_ctx
         self._clock = fence._clock

@@ -412,9 +412,7 @@ class BaseTaskExecutor:
             "modify": iv.detect_modify,
         }
         checks: dict[str, Callable[[], bool]] = {
-            "fence": FenceCheck(
-                self._fence, self.param.task_table, self.extension, self._exec_id, subtask, subtask_ctx
-            ),
+            "fence": FenceCheck(self._fence, self.param, self.extension, subtask, subtask_ctx),
             "watch": lambda: self._watch_task_state(),
             "balance": lambda: self._check_balance(subtask, subtask_ctx),
             "summary": lambda: self._persist_summary(step_exec, subtask.id, final=False),

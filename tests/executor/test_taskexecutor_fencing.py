@@ -11,10 +11,15 @@ from helpers.executor import RecordingExtension, TestType, plan_task
 
 from dxf_celery.context import Context
 from dxf_celery.errors import NodeFencedError
-from dxf_celery.proto import SubtaskBase, SubtaskState
+from dxf_celery.proto import NodeResource, SubtaskBase, SubtaskState
 from dxf_celery.storage import TaskManager
+from dxf_celery.taskexecutor import Param, SlotManager
 from dxf_celery.taskexecutor.fencing import Fence, FenceCheck, may_finish, verify_owned
 from dxf_celery.taskexecutor.ownership import SubtaskMovedAwayError
+
+
+def _param(tm: TaskManager) -> Param:
+    return Param.for_test(tm, SlotManager(1), NodeResource(1, 1 << 30), "n1")
 
 
 class Clock:
@@ -44,7 +49,7 @@ def test_a_wake_up_checks_ownership_at_once_and_cancels_a_moved_subtask(task_man
     clock = Clock()
     fence = Fence(5.0, clock=clock)
     ctx = Context.background()
-    check = FenceCheck(fence, tm, RecordingExtension(tt), "n1", sub, ctx)
+    check = FenceCheck(fence, _param(tm), RecordingExtension(tt), sub, ctx)
     clock.now += 0.3
     fence.reached()
     assert check() is True
@@ -65,7 +70,7 @@ def test_a_wake_up_keeps_a_subtask_that_is_still_ours(task_manager: TaskManager)
     clock = Clock()
     fence = Fence(5.0, clock=clock)
     ctx = Context.background()
-    check = FenceCheck(fence, tm, RecordingExtension(tt), "n1", sub, ctx)
+    check = FenceCheck(fence, _param(tm), RecordingExtension(tt), sub, ctx)
     clock.now += 60.0
     assert check() is True and not ctx.done()
     assert not fence.fenced()  # the read renewed the contact
@@ -86,7 +91,7 @@ def test_without_the_database_only_an_idempotent_subtask_is_stopped(tmp_path) ->
             clock = Clock()
             fence = Fence(5.0, clock=clock)
             ctx = Context.background()
-            check = FenceCheck(fence, gone, RecordingExtension(tt), "n1", sub, ctx)
+            check = FenceCheck(fence, _param(gone), RecordingExtension(tt), sub, ctx)
             clock.now += 6.0
             assert check() is True and not ctx.done()  # fenced, cannot tell yet: keep running
             clock.now += 6.0

@@ -15,6 +15,7 @@ are printed when a test fails.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections import Counter
@@ -370,7 +371,10 @@ def test_unknown_type_fails_clearly_and_the_worker_survives(e2e: E2E, caplog: py
 
 
 def test_warm_shutdown_removes_the_node_and_the_other_node_finishes(e2e: E2E) -> None:
-    e2e.procs.start_worker("w1@e2e", pool="prefork", concurrency=3, slots=2)
+    # A drain grace shorter than the hold: the subtask still running at its end is abandoned
+    # (tests/celery/test_worker_drain.py has the drain that lets it finish).
+    short_drain = {"DXF_E2E_CONF": json.dumps({"dxf_drain_grace": 1})}
+    e2e.procs.start_worker("w1@e2e", pool="prefork", concurrency=3, slots=2, extra_env=short_drain)
     e2e.procs.start_worker("w2@e2e", pool="prefork", concurrency=3, slots=2)
     e2e.procs.start_beat()
     hold = e2e.hold("drain-me")

@@ -82,6 +82,17 @@ def test_startup_and_shutdown_settings_are_validated() -> None:
         DXFSettings.from_conf({"dxf_shutdown_timeout": -1})
 
 
+def test_the_drain_grace_fits_inside_the_shutdown_watchdog() -> None:
+    """The drain ends before ``dxf_shutdown_timeout`` kills the worker: cancel grace and a margin are left."""
+    assert DXFSettings.from_conf({}).effective_drain_grace == 30.0  # 60 s watchdog, 1 s cancel grace
+    assert DXFSettings.from_conf({"dxf_shutdown_timeout": 20}).effective_drain_grace == 14.0
+    assert DXFSettings.from_conf({"dxf_shutdown_timeout": 3}).effective_drain_grace == 0.0
+    assert DXFSettings.from_conf({"dxf_shutdown_timeout": 0, "dxf_drain_grace": 900}).effective_drain_grace == 900
+    assert DXFSettings.from_conf({"dxf_drain_grace": 0}).effective_drain_grace == 0.0
+    with pytest.raises(DXFConfigError, match="dxf_drain_grace"):
+        DXFSettings.from_conf({"dxf_drain_grace": -1})
+
+
 def _requires_closure(step: Any) -> set[str]:
     """Every step ``step`` waits for, directly or not (as Celery's blueprint graph resolves them)."""
     from celery.utils.imports import symbol_by_name

@@ -52,8 +52,9 @@ def _assert_ran_exactly_once(e2e: E2E, task_id: int, steps: int, subtasks: int) 
     assert dict(_oks(events, task_id)) == expected
 
 
-def test_warm_shutdown_mid_step_drains_and_the_non_idempotent_task_succeeds(e2e: E2E) -> None:
-    w1 = e2e.procs.start_worker("w1@e2e", pool="prefork", concurrency=3, slots=2, extra_env=DRAIN_CONF)
+@pytest.mark.parametrize("pool", ["prefork", "threads"])
+def test_warm_shutdown_mid_step_drains_and_the_non_idempotent_task_succeeds(e2e: E2E, pool: str) -> None:
+    w1 = e2e.procs.start_worker("w1@e2e", pool=pool, concurrency=3, slots=2, extra_env=DRAIN_CONF)
     e2e.procs.start_beat()
     hold = e2e.hold("shutdown")
     task = e2e.dxf.submit_task("shutdown", "e2e", meta=e2e.meta(steps=2, subtasks=3, idempotent=False, hold=hold))
@@ -64,15 +65,16 @@ def test_warm_shutdown_mid_step_drains_and_the_non_idempotent_task_succeeds(e2e:
     w1.popen.wait(120)
     assert "did not finish within its bound" not in w1.log_text()
     # w1 finished what it ran and started nothing else: another worker takes the rest.
-    e2e.procs.start_worker("w2@e2e", pool="prefork", concurrency=3, slots=2, extra_env=DRAIN_CONF)
+    e2e.procs.start_worker("w2@e2e", pool=pool, concurrency=3, slots=2, extra_env=DRAIN_CONF)
     final = e2e.dxf.wait_task(task.id, timeout=120, raise_error=False)
     assert final.state == TaskState.SUCCEED, final.error
     _assert_ran_exactly_once(e2e, task.id, 2, 3)
     assert any(e.exec_id == "w1@e2e" and e.outcome == "ok" for e in e2e.events())
 
 
-def test_preemption_by_a_priority_1_task_lets_the_non_idempotent_task_finish_its_subtask(e2e: E2E) -> None:
-    w1 = e2e.procs.start_worker("w1@e2e", pool="prefork", concurrency=3, slots=2, extra_env=DRAIN_CONF)
+@pytest.mark.parametrize("pool", ["prefork", "threads"])
+def test_preemption_by_a_priority_1_task_lets_the_non_idempotent_task_finish_its_subtask(e2e: E2E, pool: str) -> None:
+    w1 = e2e.procs.start_worker("w1@e2e", pool=pool, concurrency=3, slots=2, extra_env=DRAIN_CONF)
     e2e.procs.start_beat()
     hold = e2e.hold("low")
     low = e2e.dxf.submit_task(

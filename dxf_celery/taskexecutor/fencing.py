@@ -72,6 +72,7 @@ class FenceCheck:
         self.subtask_ctx = subtask_ctx
         self._clock = fence._clock
         self._last_turn = self._clock()
+        fence.reached()  # built right after the subtask was claimed (or read): the database answered
 
     def __call__(self) -> bool:
         """False once the subtask was stopped (the watcher drops the check)."""

@@ -233,6 +233,8 @@ class NodeRuntime:
                 self.manager.handle_tasks()
             except Exception:
                 logger.exception("%s: node check pass failed", self.nodename)
+            if self._stopping.is_set() and not self.manager.running_task_ids():
+                return  # shutting down and every executor has ended: nothing left to heartbeat for
             self._node_wake.wait(interval)
             self._node_wake.clear()
 

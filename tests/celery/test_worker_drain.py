@@ -12,10 +12,12 @@ import json
 import signal
 from collections import Counter
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 from helpers.celery_apps.brokers import fresh_broker
+from helpers.celery_apps.dxf_app import FAST_SETTINGS
 from helpers.celery_apps.e2e import E2E, make_e2e
 from helpers.celery_apps.harness import RunEvent
 from helpers.celery_apps.types import release
@@ -70,6 +72,33 @@ def test_warm_shutdown_mid_step_drains_and_the_non_idempotent_task_succeeds(e2e:
     assert final.state == TaskState.SUCCEED, final.error
     _assert_ran_exactly_once(e2e, task.id, 2, 3)
     assert any(e.exec_id == "w1@e2e" and e.outcome == "ok" for e in e2e.events())
+
+
+def test_a_drain_longer_than_the_node_ttl_keeps_the_node_alive(e2e: E2E) -> None:
+    """The draining node heartbeats on: a live node judging it sees it alive past a whole TTL."""
+    w1 = e2e.procs.start_worker("w1@e2e", pool="prefork", concurrency=3, slots=2, extra_env=DRAIN_CONF)
+    e2e.procs.start_worker("w2@e2e", pool="prefork", concurrency=3, slots=2, extra_env=DRAIN_CONF)
+    e2e.procs.start_beat()
+    hold = e2e.hold("long-drain")
+    task = e2e.dxf.submit_task("long-drain", "e2e", meta=e2e.meta(steps=1, subtasks=4, idempotent=False, hold=hold))
+    wait_until(lambda: e2e.running_subtasks(task.id, "w1@e2e"), 60, what="a subtask running on w1")
+    w1.popen.send_signal(signal.SIGTERM)
+    wait_until(lambda: "draining: the running subtask may finish" in w1.log_text(), 60, what="w1's executor draining")
+
+    def heartbeat() -> datetime | None:
+        return next((n.heartbeat for n in e2e.dxf.task_manager.get_all_nodes() if n.id == "w1@e2e"), None)
+
+    first = heartbeat()
+    assert first is not None
+    ttl = timedelta(seconds=float(FAST_SETTINGS["dxf_node_ttl"]))
+    # database-clock times: w1 still writes its heartbeat more than a TTL into its drain
+    wait_until(lambda: (hb := heartbeat()) is not None and hb > first + ttl, 120, what="w1 heartbeating past a TTL")
+    assert e2e.running_subtasks(task.id, "w1@e2e"), "w1's subtask was taken away during the drain"
+    release(hold)
+    w1.popen.wait(120)
+    final = e2e.dxf.wait_task(task.id, timeout=120, raise_error=False)
+    assert final.state == TaskState.SUCCEED, final.error
+    _assert_ran_exactly_once(e2e, task.id, 1, 4)
 
 
 @pytest.mark.parametrize("pool", ["prefork", "threads"])

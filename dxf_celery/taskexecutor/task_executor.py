@@ -149,6 +149,7 @@ class BaseTaskExecutor:
         # The Manager starts an executor because this node has runnable subtasks: look at once
         # instead of waiting a first interval as DXF does (it costs a whole interval of latency).
         skip_wait = True
+        ran_since_empty = False
         while True:
             if self.ctx.done():
                 return
@@ -175,6 +176,9 @@ class BaseTaskExecutor:
                 logger.warning("task %d: cannot read subtasks: %s", self._task_id, err)
                 continue
             if subtask is None:
+                if ran_since_empty:
+                    ran_since_empty = False
+                    self._step_drained(new)
                 if empty_polls >= iv.max_idle_polls - 1:
                     return
                 interval = min(iv.subtask_check * 2**empty_polls, iv.max_subtask_check)
@@ -197,8 +201,18 @@ class BaseTaskExecutor:
             if step_ctx is None or step_ctx.done():
                 # The task is being reverted: no new subtask may start under this step.
                 continue
+            ran_since_empty = True
             if self._run_subtask(step_exec, step_ctx, subtask):
                 skip_wait = True
+
+    def _step_drained(self, task: Task) -> None:
+        hook = self.param.on_step_drained
+        if hook is None:
+            return
+        try:
+            hook(task)
+        except Exception:  # a wake-up is only latency: never stop the executor for it
+            logger.exception("task %d: step-drained hook failed", self._task_id)
 
     def _apply_changes_between_subtasks(self, new: Task) -> bool:
         """Apply meta/concurrency changes seen by the loop; False when growing is impossible."""

@@ -37,7 +37,8 @@ runtimes: dict[str, NodeRuntime] = {}
 _runtimes_lock = threading.Lock()
 
 #: Reasons of scheduler ticks that came from a user action: worth waking every node after.
-_USER_REASONS = frozenset({"submit", "cancel", "pause", "resume", "resolve", "modify", "wake"})
+#: ``step-done`` is sent by an executor whose node ran the last live subtask of a step.
+_USER_REASONS = frozenset({"submit", "cancel", "pause", "resume", "resolve", "modify", "wake", "step-done"})
 
 
 def pool_kind(worker: Any) -> str:
@@ -97,6 +98,9 @@ class NodeRuntime:
         self._node_wake = threading.Event()
         self._tick = threading.Event()
         self._tick_reason = "beat"
+        self._tick_direct = False
+        #: Wake-ups received on this node's own wake queue, by reason (``inspect dxf_node``).
+        self.direct_wakeups: dict[str, int] = {}
         self._armed_until = 0.0
         self._holder = False
         self._last_pass = 0.0
@@ -183,9 +187,15 @@ class NodeRuntime:
         """Run a node check pass now (``dxf_wake`` control command, local scheduler passes)."""
         self._node_wake.set()
 
-    def on_tick(self, reason: str = "beat") -> None:
-        """A ``dxf.schedule`` message reached this node (called on the consumer's thread: O(1))."""
+    def on_tick(self, reason: str = "beat", *, direct: bool = False) -> None:
+        """A ``dxf.schedule`` message reached this node (called on the consumer's thread: O(1)).
+
+        ``direct``: it came on this node's own wake queue, sent to it as the lease holder.
+        """
         self._armed_until = time.monotonic() + self.settings.lease_ttl
+        if direct:
+            self.direct_wakeups[reason] = self.direct_wakeups.get(reason, 0) + 1
+            self._tick_direct = True
         self._tick_reason = reason
         self._tick.set()
 
@@ -218,6 +228,7 @@ class NodeRuntime:
                 return
             self._tick.clear()
             reason = self._tick_reason if ticked else "timer"
+            direct, self._tick_direct = self._tick_direct and ticked, False
             self._tick_reason = "beat"
             now = time.monotonic()
             if not ticked and not (self._holder and now < self._armed_until):
@@ -234,6 +245,9 @@ class NodeRuntime:
                 self.wake()
                 if reason in _USER_REASONS:
                     self._broadcast_wake()
+            elif direct and reason in _USER_REASONS:
+                # Sent here as the holder, but the lease moved: let whoever holds it now see it.
+                self.state.send_wakeup(reason, direct=False)
 
     def _broadcast_wake(self) -> None:
         try:
@@ -261,5 +275,6 @@ class NodeRuntime:
             "slots_used": self.manager.slot_manager.used_slots(),
             "executors": self.manager.running_task_ids(),
             "scheduler_lease": self._holder,
+            "direct_wakeups": dict(self.direct_wakeups),
             "registered": self._meta_ready.is_set(),
         }

@@ -130,9 +130,9 @@ def big_task(stage: Stage, subtasks: int, cap: float, worker_names: list[str]) -
             break
         time.sleep(0.25)
     elapsed = time.monotonic() - since
-    if done < subtasks:
+    if done < subtasks:  # stop it before the next row: cancelled, it ends reverted
         stage.dxf.cancel_task(task.id)
-        stage.dxf.wait_task(task.id, timeout=300, poll_interval=0.1)
+        wait_for(lambda: stage.dxf.get_task(task.id).is_done(), 300, "the capped task to stop", interval=0.1)
     passes = _passes(stage, since)
     pid = stage.cluster.pid(leader) if leader in stage.cluster.procs else None
     return {
@@ -261,3 +261,13 @@ def csv_chord(stage: Stage, path: Path, chunk_rows: int, job: int) -> float:
     elapsed = time.monotonic() - start
     del result  # its finaliser talks to Redis: let it run now, not at interpreter exit
     return elapsed
+
+
+def direct_wakeups(stage: Stage) -> dict[str, Any]:
+    """Per node, the scheduler wake-ups that reached its own wake queue as the lease holder."""
+    got: dict[str, Any] = {}
+    for reply in stage.bench.app.control.broadcast("dxf_node", reply=True, timeout=2) or []:
+        for node, info in reply.items():
+            if isinstance(info, dict):
+                got[node] = {"holder": info.get("scheduler_lease"), "direct_wakeups": info.get("direct_wakeups")}
+    return got

@@ -39,12 +39,12 @@ SIZES: dict[str, dict[str, Any]] = {
         "raw": 2000,
         "dxf_tasks": 2,
         "dxf_subtasks": 600,
-        "big": [(10_000, 60.0), (100_000, 90.0)],
+        "big": [(10_000, 45.0), (100_000, 75.0)],
         "latency": 30,
-        "csv_rows": 200_000,
+        "csv_rows": 100_000,
         "csv_chunk": 10_000,
         "small_tasks": 1000,
-        "small_cap": 75.0,
+        "small_cap": 60.0,
         "pool": (4, 40, 0.05),
     },
     "quick": {
@@ -243,6 +243,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             st.cluster.wait_nodes(st.dxf.task_manager, {"b1@bench", "b2@bench", "b3@bench"})
             results["small_tasks"] = rows.many_small_tasks(st, size["small_tasks"], size["small_cap"])
             log(f"small tasks: {results['small_tasks']}")
+            results["direct_wakeups"] = rows.direct_wakeups(st)
+            log(f"wake-ups received on the holder's own queue: {results['direct_wakeups']}")
         log("stage: PostgreSQL, 2 nodes x 4 slots (pool time)")
         with stage(args, run_dir, "postgresql", nodes=2, slots=4) as st:
             _warm_up(st)

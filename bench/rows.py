@@ -7,6 +7,7 @@ end to end: from the first submit/publish until the last unit of work is done.
 
 from __future__ import annotations
 
+import functools
 import json
 import statistics
 import time
@@ -189,7 +190,7 @@ def latency(stage: Stage, samples: int) -> dict[str, Any]:
         start = time.monotonic()
         meta = json.dumps({"subtasks": 1, "record": str(record)}).encode()
         task = stage.dxf.submit_task(stage.key(f"lat{i}"), stage.bench.TASK_TYPE, meta=meta)
-        at = wait_for(lambda t=task.id: _started(record, t), 120, "the first subtask to start", interval=0.001)
+        at = wait_for(functools.partial(_started, record, task.id), 120, "the first subtask to start", interval=0.001)
         seen.append(at - start)
         stage.dxf.wait_task(task.id, timeout=120, poll_interval=0.02)
     seen.sort()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import gc
 import json
 import os
 import signal
@@ -293,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     except (TimeoutError, RuntimeError) as err:
         print(f"bench failed: {err}", file=sys.stderr)
         return 1
+    finally:
+        gc.collect()  # Celery result objects say goodbye to Redis while the interpreter still can
     out_dir = Path(args.results_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     day = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")

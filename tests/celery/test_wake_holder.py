@@ -93,8 +93,11 @@ def _direct_wakeups(e2e: E2E, nodes: set[str]) -> dict[str, dict[str, Any]] | No
 
 def test_submits_and_finished_steps_wake_the_lease_holder_on_its_own_queue(e2e: E2E) -> None:
     nodes = {"w1@wake", "w2@wake"}
+    # A long lease: on a loaded machine a 2 s lease can lapse between two slow passes and move,
+    # and the counts below are only meaningful while one node holds it throughout.
+    conf = {"DXF_E2E_CONF": json.dumps({"dxf_lease_ttl": 30.0})}
     for name in sorted(nodes):
-        e2e.procs.start_worker(name, pool="prefork", concurrency=2, slots=2)
+        e2e.procs.start_worker(name, pool="prefork", concurrency=2, slots=2, extra_env=conf)
     e2e.procs.start_beat()
     tm = e2e.dxf.task_manager
     holder = wait_until(lambda: tm.get_lease_owner(LEASE_NAME), 60, what="a scheduler lease holder")
@@ -110,6 +113,8 @@ def test_submits_and_finished_steps_wake_the_lease_holder_on_its_own_queue(e2e: 
     after = wait_until(lambda: _direct_wakeups(e2e, nodes), 60, what="dxf_node replies from both nodes")
     got = after[holder]["direct_wakeups"]
     assert got.get("submit", 0) - before[holder]["direct_wakeups"].get("submit", 0) == len(tasks), after
-    # Each task's step 1 ended with a last subtask whose executor woke the holder.
-    assert got.get("step-done", 0) >= len(tasks), after
+    # Steps ended by a last subtask whose executor woke the holder. Not one per step: when a
+    # timer pass of the holder switches the step first, the executor finds the next step's
+    # subtasks instead of an empty node, and rightly sends nothing.
+    assert got.get("step-done", 0) >= 1, after
     assert after[other]["direct_wakeups"] == {}, after

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from dxf_celery.context import Context
 from dxf_celery.proto import NodeResource
 from dxf_celery.worker.launcher import CeleryLauncher
+from dxf_celery.worker.names import STEP_DONE
 
 if TYPE_CHECKING:
     from dxf_celery.worker.state import DXFState
@@ -37,8 +38,10 @@ runtimes: dict[str, NodeRuntime] = {}
 _runtimes_lock = threading.Lock()
 
 #: Reasons of scheduler ticks that came from a user action: worth waking every node after.
-#: ``step-done`` is sent by an executor whose node ran the last live subtask of a step.
-_USER_REASONS = frozenset({"submit", "cancel", "pause", "resume", "resolve", "modify", "wake", "step-done"})
+_USER_REASONS = frozenset({"submit", "cancel", "pause", "resume", "resolve", "modify", "wake"})
+# STEP_DONE (an executor's node ran the last live subtask of a step) is worth a pass now, but
+# only while beat drives the scheduler: it never arms a pass, so without beat nothing is
+# planned, as documented. It is worth waking every node after (the next step's subtasks).
 
 
 def pool_kind(worker: Any) -> str:
@@ -192,9 +195,15 @@ class NodeRuntime:
 
         ``direct``: it came on this node's own wake queue, sent to it as the lease holder.
         """
-        self._armed_until = time.monotonic() + self.settings.lease_ttl
+        now = time.monotonic()
         if direct:
             self.direct_wakeups[reason] = self.direct_wakeups.get(reason, 0) + 1
+        if reason == STEP_DONE:
+            if now >= self._armed_until:
+                return  # no tick for a lease TTL: beat is gone, and a step end does not replace it
+        else:
+            self._armed_until = now + self.settings.lease_ttl
+        if direct:
             self._tick_direct = True
         self._tick_reason = reason
         self._tick.set()
@@ -243,7 +252,7 @@ class NodeRuntime:
                 continue
             if self._holder:
                 self.wake()
-                if reason in _USER_REASONS:
+                if reason in _USER_REASONS or reason == STEP_DONE:
                     self._broadcast_wake()
             elif direct and reason in _USER_REASONS:
                 # Sent here as the holder, but the lease moved: let whoever holds it now see it.

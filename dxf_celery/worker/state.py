@@ -152,15 +152,18 @@ class DXFState:
             self._holder_cache = (now, holder)
         return holder
 
-    def send_wakeup(self, reason: str = "wakeup", *, direct: bool = True) -> None:
+    def send_wakeup(self, reason: str = "wakeup", *, direct: bool = True, holder_only: bool = False) -> None:
         """Ask for a scheduler pass now (latency only: beat does it anyway).
 
         Sent to the lease holder's own wake queue when a holder is known (a wake-up taken by
         any other node would be refused, and the holder would wait for its timer); to the
-        shared scheduler queue otherwise, or when ``direct`` is False.
+        shared scheduler queue otherwise, or when ``direct`` is False. ``holder_only``: not
+        sent at all without a holder (no lease: no scheduler running to hurry).
         """
         s = self.settings
         holder = self.scheduler_holder() if direct else None
+        if holder_only and not holder:
+            return
         queue = s.node_wake_queue(holder) if holder else s.scheduler_queue
         try:
             self.app.send_task(

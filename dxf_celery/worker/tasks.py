@@ -25,7 +25,7 @@ from dxf_celery.taskexecutor.param import Param
 from dxf_celery.taskexecutor.slots import SlotManager
 from dxf_celery.worker.events import ProgressReporter
 from dxf_celery.worker.execution import ExecutionControl, local_executions
-from dxf_celery.worker.names import EXECUTE_TASK, SCHEDULE_TASK
+from dxf_celery.worker.names import EXECUTE_TASK, SCHEDULE_TASK, STEP_DONE
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -115,12 +115,13 @@ def wake_if_step_done(state: DXFState, task: Task) -> bool:
     """Wake the scheduler lease holder when no subtask of ``task``'s step is pending or running.
 
     Each executor checks after its own last finish was committed, so of two nodes finishing
-    the last subtasks at once, the later check sees both done: someone always wakes it.
+    the last subtasks at once, the later check sees both done: someone always wakes it. Sent
+    only to a known holder: a step's end hurries a running scheduler, it never starts one.
     """
     counts = state.task_manager.get_subtask_cnt_group_by_states(task.id, task.step)
     if counts.get(SubtaskState.PENDING) or counts.get(SubtaskState.RUNNING):
         return False
-    state.send_wakeup("step-done")
+    state.send_wakeup(STEP_DONE, holder_only=True)
     return True
 
 

@@ -4,39 +4,29 @@ Plans N subtasks of one task on one node and times ``BaseTaskExecutor.run()`` un
 finished them all: what remains is the framework's own cost per subtask (SQL reads and
 writes, the watcher thread, bookkeeping). Usage::
 
-    python bench/bench_executor.py [-n 2000] [--db sqlite,postgresql,mariadb]
+    python -m bench.bench_executor [-n 2000] [--db sqlite,postgresql,mariadb]
 
-PostgreSQL/MariaDB: a database named by ``--db-name`` (default ``dxf_bench``) is created
-on the local servers (URLs overridable with DXF_TEST_PG_ADMIN_URL / DXF_TEST_MYSQL_ADMIN_URL).
+Each database is a throwaway one of :mod:`bench.databases` (servers: DXF_BENCH_POSTGRESQL,
+DXF_BENCH_MARIADB).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 import time
+from pathlib import Path
 
+from bench.databases import throwaway
 from dxf_celery.context import Context
 from dxf_celery.proto import NodeResource, Subtask, SubtaskState, Task, TaskState
 from dxf_celery.storage import TaskManager
-from dxf_celery.storage.provision import fresh_dxf_database
 from dxf_celery.taskexecutor import BaseStepExecutor, BaseTaskExecutor, Extension, Intervals, Param, SlotManager
-
-PG_ADMIN = os.environ.get("DXF_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
-MYSQL_ADMIN = os.environ.get("DXF_TEST_MYSQL_ADMIN_URL", "mysql+pymysql://root@127.0.0.1:3306/mysql")
 
 
 class NoopExtension(Extension):
     def get_step_executor(self, task: Task) -> BaseStepExecutor:
         return BaseStepExecutor()
-
-
-def database_url(kind: str, name: str, tmp: str) -> str:
-    if kind == "sqlite":
-        return fresh_dxf_database(f"sqlite:///{tmp}/bench.db")
-    admin = PG_ADMIN if kind == "postgresql" else MYSQL_ADMIN
-    return fresh_dxf_database(admin.rsplit("/", 1)[0] + "/" + name)
 
 
 def bench(url: str, n: int) -> float:
@@ -70,12 +60,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=2000, help="subtasks (default 2000)")
     parser.add_argument("--db", default="sqlite,postgresql", help="comma list: sqlite,postgresql,mariadb")
-    parser.add_argument("--db-name", default="dxf_bench", help="database created on the servers")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         for kind in [k.strip() for k in args.db.split(",") if k.strip()]:
-            url = database_url(kind, args.db_name, tmp)
-            elapsed = bench(url, args.n)
+            with throwaway(kind, Path(tmp), "executor") as url:
+                elapsed = bench(url, args.n)
             print(
                 f"{kind:10s} {args.n} subtasks in {elapsed:.2f}s: {args.n / elapsed:8.1f} subtasks/s, "
                 f"{elapsed / args.n * 1e6:8.0f} us per subtask"

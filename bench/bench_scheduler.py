@@ -6,10 +6,9 @@
    returning N small metas), in one transaction and in batches; the pass time is reported
    next to the time spent building the metas.
 
-    python bench/bench_scheduler.py --db sqlite,postgresql --runs 7 --subtasks 100000
+    python -m bench.bench_scheduler --db sqlite,postgresql --runs 7 --subtasks 100000
 
-PostgreSQL uses the database named by ``--pg-db`` on ``--pg-url`` (created if missing; its
-dxf tables are migrated and emptied).
+Each run gets a throwaway database of :mod:`bench.databases`.
 """
 
 from __future__ import annotations
@@ -23,12 +22,12 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from bench.databases import throwaway
 from dxf_celery import scheduler, taskexecutor
 from dxf_celery.context import Context
 from dxf_celery.proto import STEP_DONE, STEP_INIT, Subtask, Task, TaskBase, TaskState
 from dxf_celery.scheduler import BaseScheduler, SchedulerIntervals, TaskHandle
 from dxf_celery.storage import TaskManager, migrate
-from dxf_celery.storage.provision import fresh_dxf_database
 from dxf_celery.taskexecutor import BaseStepExecutor, BaseTaskExecutor, Intervals, StepExecutor
 from dxf_celery.testing import LocalCluster
 
@@ -70,12 +69,6 @@ def register(n: int) -> None:
         BENCH_TYPE, lambda ctx, task, param: BaseScheduler(ctx, task, param, _SchedExt(n))
     )
     taskexecutor.register_task_type(BENCH_TYPE, lambda ctx, task, param: BaseTaskExecutor(ctx, task, param, _ExecExt()))
-
-
-def fresh_url(kind: str, tmp: Path, pg_url: str, pg_db: str, name: str) -> str:
-    if kind == "sqlite":
-        return f"sqlite:///{tmp / (name + '.db')}"
-    return fresh_dxf_database(pg_url.rsplit("/", 1)[0] + "/" + pg_db)
 
 
 def bench_latency(url: str, runs: int, *, production: bool) -> list[float]:
@@ -136,15 +129,13 @@ def main() -> None:
     parser.add_argument("--db", default="sqlite,postgresql")
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--subtasks", type=int, default=100_000)
-    parser.add_argument("--pg-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
-    parser.add_argument("--pg-db", default="dxf_bench_c")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         for kind in [k.strip() for k in args.db.split(",") if k.strip()]:
             for production in (False, True):
-                url = fresh_url(kind, tmp, args.pg_url, args.pg_db, f"lat{production}")
-                samples = bench_latency(url, args.runs, production=production)
+                with throwaway(kind, tmp, f"lat{int(production)}") as url:
+                    samples = bench_latency(url, args.runs, production=production)
                 label = "DXF default intervals" if production else "fast intervals (0.05 s)"
                 print(
                     f"{kind:10s} latency submit->first subtask running, {label}: "
@@ -152,8 +143,8 @@ def main() -> None:
                     f"(min {min(samples) * 1000:.0f}, max {max(samples) * 1000:.0f}, n={len(samples)})"
                 )
             for batched in (False, True):
-                url = fresh_url(kind, tmp, args.pg_url, args.pg_db, f"plan{batched}")
-                elapsed, build = bench_plan(url, args.subtasks, batched=batched)
+                with throwaway(kind, tmp, f"plan{int(batched)}") as url:
+                    elapsed, build = bench_plan(url, args.subtasks, batched=batched)
                 how = "in batches" if batched else "one transaction"
                 print(
                     f"{kind:10s} plan a step of {args.subtasks} subtasks ({how}): pass {elapsed:.2f} s "

@@ -4,32 +4,26 @@ For each database it plans N pending subtasks with one ``switch_task_step``, the
 ``start_subtask`` + ``finish_subtask`` on every one of them from 1 process, and from 2
 processes that each own a TaskManager and a disjoint half of the subtasks.
 
-    python bench/bench_storage.py --db all --subtasks 2000 --processes 1,2
+    python -m bench.bench_storage --db all --subtasks 2000 --processes 1,2
 
-Servers: PostgreSQL and MariaDB URLs default to the local test servers and a ``dxf_bench``
-database (created if missing; its dxf tables are emptied before each run).
+Each database is a throwaway one of :mod:`bench.databases`.
 """
 
 from __future__ import annotations
 
 import argparse
 import multiprocessing
-import os
 import sys
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
+from bench.databases import KINDS, throwaway
 from dxf_celery.proto import Subtask, SubtaskState, TaskState
 from dxf_celery.storage import TaskManager
-from dxf_celery.storage.provision import fresh_dxf_database
 
 EXEC_ID = "bench-node"
-BENCH_DB = os.environ.get("DXF_BENCH_DB_NAME", "dxf_bench")
-DEFAULT_URLS = {
-    "postgresql": f"postgresql+psycopg://postgres@127.0.0.1:5432/{BENCH_DB}",
-    "mariadb": f"mysql+pymysql://root@127.0.0.1:3306/{BENCH_DB}",
-}
 
 
 def _plan(tm: TaskManager, key: str, n: int) -> list[int]:
@@ -104,26 +98,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--db", choices=["sqlite", "postgresql", "mariadb", "all"], default="all")
     parser.add_argument("--subtasks", type=int, default=2000, help="subtasks per run (default 2000)")
     parser.add_argument("--processes", default="1,2", help="comma-separated process counts (default 1,2)")
-    parser.add_argument("--postgresql-url", default=DEFAULT_URLS["postgresql"])
-    parser.add_argument("--mariadb-url", default=DEFAULT_URLS["mariadb"])
-    parser.add_argument("--sqlite-path", default=None, help="SQLite file (default: a temporary file)")
     args = parser.parse_args(argv)
     counts = [int(p) for p in args.processes.split(",") if p.strip()]
-    kinds = ["sqlite", "postgresql", "mariadb"] if args.db == "all" else [args.db]
+    kinds = list(KINDS) if args.db == "all" else [args.db]
 
     with tempfile.TemporaryDirectory() as tmp:
-        urls = {
-            "sqlite": f"sqlite:///{args.sqlite_path or os.path.join(tmp, 'bench.db')}",
-            "postgresql": args.postgresql_url,
-            "mariadb": args.mariadb_url,
-        }
         rows: list[tuple[str, int, float]] = []
         for kind in kinds:
-            fresh_dxf_database(urls[kind])
-            for processes in counts:
-                rate = run_one(kind, urls[kind], args.subtasks, processes, f"bench-{processes}-{time.time_ns()}")
-                rows.append((kind, processes, rate))
-                print(f"  {kind:<10} {processes} process(es): {rate:8.0f} round trips/s", file=sys.stderr)
+            with throwaway(kind, Path(tmp), "storage") as url:
+                for processes in counts:
+                    rate = run_one(kind, url, args.subtasks, processes, f"bench-{processes}-{time.time_ns()}")
+                    rows.append((kind, processes, rate))
+                    print(f"  {kind:<10} {processes} process(es): {rate:8.0f} round trips/s", file=sys.stderr)
 
     print(f"\nsubtask start+finish round trips per second ({args.subtasks} subtasks per run)\n")
     labels = [f"{p} process" + ("es" if p > 1 else "") for p in counts]

@@ -196,6 +196,15 @@ class DXFSettings:
         safe = "".join(ch if (ch.isascii() and (ch.isalnum() or ch in ".-")) else f"_{ord(ch):02x}" for ch in nodename)
         return f"{self.queue_prefix}{safe}"
 
+    def node_wake_queue(self, nodename: str) -> str:
+        """The queue of scheduler wake-ups meant for node ``nodename`` (sent to the lease holder).
+
+        A sibling of :meth:`node_queue`, not that queue itself: executors there go through
+        Celery's task consumer (prefetch, pool), a wake-up must reach the tick consumer of the
+        main process at once.
+        """
+        return f"{self.node_queue(nodename)}.wake"
+
 
 def _lookup(conf: Mapping[str, Any] | Any, name: str) -> Any:
     for key in (PREFIX + name, (PREFIX + name).upper(), "CELERY_" + (PREFIX + name).upper()):

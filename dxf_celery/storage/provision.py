@@ -7,13 +7,15 @@ once instead of in every conftest.
 
 from __future__ import annotations
 
+import os
+
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from dxf_celery.storage.migrate import migrate
 from dxf_celery.storage.tables import metadata
 
-__all__ = ["drop_dxf_tables", "empty_dxf_tables", "ensure_database", "fresh_dxf_database"]
+__all__ = ["drop_database", "drop_dxf_tables", "empty_dxf_tables", "ensure_database", "fresh_dxf_database"]
 
 
 def ensure_database(url: str) -> None:
@@ -31,6 +33,40 @@ def ensure_database(url: str) -> None:
         admin = create_engine(parsed.set(database="mysql"))
         with admin.begin() as conn:
             conn.execute(text(f"CREATE DATABASE IF NOT EXISTS `{_identifier(name)}`"))
+    admin.dispose()
+
+
+def drop_database(url: str) -> None:
+    """Drop the database ``url`` names on its server if it exists (SQLite: delete the file).
+
+    PostgreSQL: other sessions still connected to it are ended first (a benchmark's workers
+    that did not exit cleanly must not keep a throwaway database alive).
+    """
+    parsed = make_url(url)
+    backend, name = parsed.get_backend_name(), parsed.database
+    if not name:
+        return
+    if backend == "sqlite":
+        if name != ":memory:" and os.path.exists(name):
+            os.remove(name)
+        return
+    if backend == "postgresql":
+        admin = create_engine(parsed.set(database="postgres"), isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE datname = :n AND pid <> pg_backend_pid()"
+                ),
+                {"n": name},
+            )
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{_identifier(name)}"'))
+    elif backend in ("mysql", "mariadb"):
+        admin = create_engine(parsed.set(database="mysql"))
+        with admin.begin() as conn:
+            conn.execute(text(f"DROP DATABASE IF EXISTS `{_identifier(name)}`"))
+    else:
+        return
     admin.dispose()
 
 

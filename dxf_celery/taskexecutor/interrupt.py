@@ -16,11 +16,15 @@ signal handler instead (:func:`set_raiser`).
 from __future__ import annotations
 
 import ctypes
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from dxf_celery.context import Context
 from dxf_celery.errors import ExecutorCancelledError
+
+logger = logging.getLogger(__name__)
 
 _lock = threading.Lock()
 #: Thread ident -> id of the subtask whose step code that thread runs now.
@@ -85,4 +89,18 @@ def _async_raise(ident: int, exc_type: type[BaseException]) -> bool:
     return bool(done)
 
 
-__all__ = ["interrupt", "leave_step_code", "running_subtask_id", "set_raiser", "step_code"]
+__all__ = ["enforce_cancel", "interrupt", "leave_step_code", "running_subtask_id", "set_raiser", "step_code"]
+
+
+def enforce_cancel(
+    ident: int, subtask_id: int, returned: threading.Event, grace: float, what: str, ctx: Context
+) -> None:
+    """Interrupt step code still running ``grace`` seconds after its Context ``ctx`` was cancelled.
+
+    Repeated every grace period while the step code runs on (it may catch the exception by
+    name); :func:`interrupt` never raises once the step code has returned.
+    """
+    while not returned.wait(grace):
+        if not interrupt(ident, subtask_id):
+            return
+        logger.warning("%s ignored its cancellation (%s) for %.1fs; interrupting it", what, ctx.cause, grace)

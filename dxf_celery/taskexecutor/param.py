@@ -6,10 +6,11 @@ periods instead of sleeping through DXF's production values.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from dxf_celery.errors import DXFError
-from dxf_celery.proto import NodeResource
+from dxf_celery.proto import NodeResource, Task
 from dxf_celery.retry import RETRY_SQL_INTERVAL, RETRY_SQL_MAX_INTERVAL, RETRY_SQL_TIMES, ExponentialBackoff
 from dxf_celery.taskexecutor.interfaces import TaskTable
 from dxf_celery.taskexecutor.slots import SlotManager
@@ -112,6 +113,10 @@ class Param:
     node_resource: NodeResource
     exec_id: str
     intervals: Intervals = field(default_factory=Intervals)
+    #: Called (with the task as last read) when this executor ran subtasks of a step and then
+    #: found none left for its node: the step may be over, and the Celery side wakes the
+    #: scheduler lease holder so that the next step is planned without waiting for a tick.
+    on_step_drained: Callable[[Task], object] | None = None
 
     @classmethod
     def for_test(

@@ -158,6 +158,7 @@ class BaseTaskExecutor:
         # The Manager starts an executor because this node has runnable subtasks: look at once
         # instead of waiting a first interval as DXF does (it costs a whole interval of latency).
         skip_wait = True
+        ran_since_empty = False
         while True:
             if self.ctx.done() or self.drain_state.requested:
                 return
@@ -184,6 +185,9 @@ class BaseTaskExecutor:
                 logger.warning("task %d: cannot read subtasks: %s", self._task_id, err)
                 continue
             if subtask is None:
+                if ran_since_empty:
+                    ran_since_empty = False
+                    self._step_drained(new)
                 if empty_polls >= iv.max_idle_polls - 1:
                     return
                 interval = min(iv.subtask_check * 2**empty_polls, iv.max_subtask_check)
@@ -208,8 +212,18 @@ class BaseTaskExecutor:
                 continue
             if self.drain_state.requested:
                 return  # draining: the subtask just found is left for later (still pending)
+            ran_since_empty = True
             if self._run_subtask(step_exec, step_ctx, subtask):
                 skip_wait = True
+
+    def _step_drained(self, task: Task) -> None:
+        hook = self.param.on_step_drained
+        if hook is None:
+            return
+        try:
+            hook(task)
+        except Exception:  # a wake-up is only latency: never stop the executor for it
+            logger.exception("task %d: step-drained hook failed", self._task_id)
 
     def _apply_changes_between_subtasks(self, new: Task) -> bool:
         """Apply meta/concurrency changes seen by the loop; False when growing is impossible."""
@@ -372,26 +386,8 @@ class BaseTaskExecutor:
         """One thread per running subtask: the periodic checks, then the cancel deadline if it was cancelled."""
         self._run_checks(step_exec, subtask, subtask_ctx, check_ctx)
         if subtask_ctx.done() and not returned.is_set():
-            self._enforce_cancel(subtask, subtask_ctx, runner, returned)
-
-    def _enforce_cancel(self, subtask: Subtask, subtask_ctx: Context, runner: int, returned: threading.Event) -> None:
-        """Interrupt step code that keeps running ``cancel_grace`` seconds after its Context was cancelled.
-
-        Repeated every grace period while the step code still runs (it may catch the
-        exception by name); :mod:`~dxf_celery.taskexecutor.interrupt` never raises once the
-        step code has returned.
-        """
-        grace = self.param.intervals.cancel_grace
-        while not returned.wait(grace):
-            if not interrupt.interrupt(runner, subtask.id):
-                return
-            logger.warning(
-                "task %d: subtask %d ignored its cancellation (%s) for %.1fs; interrupting it",
-                self._task_id,
-                subtask.id,
-                subtask_ctx.cause,
-                grace,
-            )
+            what = f"task {self._task_id}: subtask {subtask.id}"
+            interrupt.enforce_cancel(runner, subtask.id, returned, self.param.intervals.cancel_grace, what, subtask_ctx)
 
     def _run_checks(self, step_exec: StepExecutor, subtask: Subtask, subtask_ctx: Context, check_ctx: Context) -> None:
         """Task state, balance, summary and live modification checks until ``check_ctx`` is cancelled."""

@@ -102,13 +102,17 @@ class DXFSchedulerTicks(bootsteps.ConsumerStep):  # type: ignore[misc]
     def __init__(self, c: Any, **kwargs: Any) -> None:
         super().__init__(c, **kwargs)
         self.c = c
+        self._wake_queue = ""
 
     def get_consumers(self, channel: Any) -> list[Consumer]:
-        queue = get_state(self.c.app).settings.scheduler_queue
+        settings = get_state(self.c.app).settings
+        # The shared queue (beat, wake-ups when no holder is known) and this node's own wake
+        # queue (wake-ups sent to it as the scheduler lease holder).
+        self._wake_queue = settings.node_wake_queue(self.c.hostname)
         return [
             Consumer(
                 channel,
-                queues=[direct_queue(queue)],
+                queues=[direct_queue(settings.scheduler_queue), direct_queue(self._wake_queue)],
                 on_message=self.on_raw_message,
                 on_decode_error=self.on_decode_error,
                 accept=["json"],
@@ -183,9 +187,11 @@ class DXFSchedulerTicks(bootsteps.ConsumerStep):  # type: ignore[misc]
         reason = "beat"
         if isinstance(body, (list, tuple)) and len(body) >= 2 and isinstance(body[1], dict):
             reason = str(body[1].get("reason", "beat"))[:32]
+        delivery = getattr(message, "delivery_info", None)
+        routing_key = delivery.get("routing_key") if isinstance(delivery, dict) else None
         runtime = find_runtime(self.c.hostname)
         if runtime is not None:
-            runtime.on_tick(reason)
+            runtime.on_tick(reason, direct=bool(self._wake_queue) and routing_key == self._wake_queue)
 
 
 #: A ``dxf.schedule`` message is a few hundred bytes; anything this big is not one.

@@ -6,3 +6,5 @@ from __future__ import annotations
 EXECUTE_TASK = "dxf.execute"
 #: A scheduler tick (beat) or wake-up (a user action); the node's main process consumes it.
 SCHEDULE_TASK = "dxf.schedule"
+#: Reason of the wake-up an executor sends when its node ran the last live subtask of a step.
+STEP_DONE = "step-done"

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from dxf_celery.context import Context
 from dxf_celery.proto import NodeResource
 from dxf_celery.worker.launcher import CeleryLauncher
+from dxf_celery.worker.names import STEP_DONE
 
 if TYPE_CHECKING:
     from dxf_celery.worker.state import DXFState
@@ -38,6 +39,9 @@ _runtimes_lock = threading.Lock()
 
 #: Reasons of scheduler ticks that came from a user action: worth waking every node after.
 _USER_REASONS = frozenset({"submit", "cancel", "pause", "resume", "resolve", "modify", "wake"})
+# STEP_DONE (an executor's node ran the last live subtask of a step) is worth a pass now, but
+# only while beat drives the scheduler: it never arms a pass, so without beat nothing is
+# planned, as documented. It is worth waking every node after (the next step's subtasks).
 
 
 def pool_kind(worker: Any) -> str:
@@ -98,6 +102,9 @@ class NodeRuntime:
         self._node_wake = threading.Event()
         self._tick = threading.Event()
         self._tick_reason = "beat"
+        self._tick_direct = False
+        #: Wake-ups received on this node's own wake queue, by reason (``inspect dxf_node``).
+        self.direct_wakeups: dict[str, int] = {}
         self._armed_until = 0.0
         self._holder = False
         self._last_pass = 0.0
@@ -209,9 +216,21 @@ class NodeRuntime:
         """Run a node check pass now (``dxf_wake`` control command, local scheduler passes)."""
         self._node_wake.set()
 
-    def on_tick(self, reason: str = "beat") -> None:
-        """A ``dxf.schedule`` message reached this node (called on the consumer's thread: O(1))."""
-        self._armed_until = time.monotonic() + self.settings.lease_ttl
+    def on_tick(self, reason: str = "beat", *, direct: bool = False) -> None:
+        """A ``dxf.schedule`` message reached this node (called on the consumer's thread: O(1)).
+
+        ``direct``: it came on this node's own wake queue, sent to it as the lease holder.
+        """
+        now = time.monotonic()
+        if direct:
+            self.direct_wakeups[reason] = self.direct_wakeups.get(reason, 0) + 1
+        if reason == STEP_DONE:
+            if now >= self._armed_until:
+                return  # no tick for a lease TTL: beat is gone, and a step end does not replace it
+        else:
+            self._armed_until = now + self.settings.lease_ttl
+        if direct:
+            self._tick_direct = True
         self._tick_reason = reason
         self._tick.set()
 
@@ -246,6 +265,7 @@ class NodeRuntime:
                 return
             self._tick.clear()
             reason = self._tick_reason if ticked else "timer"
+            direct, self._tick_direct = self._tick_direct and ticked, False
             self._tick_reason = "beat"
             now = time.monotonic()
             if not ticked and not (self._holder and now < self._armed_until):
@@ -260,8 +280,11 @@ class NodeRuntime:
                 continue
             if self._holder:
                 self.wake()
-                if reason in _USER_REASONS:
+                if reason in _USER_REASONS or reason == STEP_DONE:
                     self._broadcast_wake()
+            elif direct and reason in _USER_REASONS:
+                # Sent here as the holder, but the lease moved: let whoever holds it now see it.
+                self.state.send_wakeup(reason, direct=False)
 
     def _broadcast_wake(self) -> None:
         try:
@@ -289,5 +312,6 @@ class NodeRuntime:
             "slots_used": self.manager.slot_manager.used_slots(),
             "executors": self.manager.running_task_ids(),
             "scheduler_lease": self._holder,
+            "direct_wakeups": dict(self.direct_wakeups),
             "registered": self._meta_ready.is_set(),
         }

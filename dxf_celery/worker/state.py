@@ -26,6 +26,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+#: How long a process trusts the scheduler lease holder it read (a wake-up sent to a node
+#: that just lost the lease is forwarded to the shared queue by that node).
+HOLDER_CACHE_SECONDS = 1.0
+
 _migrated: set[str] = set()
 _migrate_lock = threading.Lock()
 
@@ -70,6 +74,8 @@ class DXFState:
         #: executor messages launched by an earlier life of the same node are ignored.
         self.incarnation: str | None = None
         self.registered = False
+        #: (monotonic time read, holder) of :meth:`scheduler_holder`.
+        self._holder_cache: tuple[float, str | None] | None = None
 
     @property
     def settings(self) -> DXFSettings:
@@ -124,15 +130,50 @@ class DXFState:
             history_keep_seconds=s.history_retention * 86400.0 if s.history_retention > 0 else None,
         )
 
-    def send_wakeup(self, reason: str = "wakeup") -> None:
-        """Ask some worker for a scheduler pass now (latency only: beat does it anyway)."""
+    def scheduler_holder(self, max_age: float = HOLDER_CACHE_SECONDS) -> str | None:
+        """The live node holding the scheduler lease, read at most every ``max_age`` seconds.
+
+        Only a registered node counts: a pass run in a pool (``dxf.schedule@<pid>``) holds the
+        lease under a name that no tick consumer listens for. None when unknown or unreadable.
+        """
+        now = time.monotonic()
+        with self._lock:
+            cached = self._holder_cache
+        if cached is not None and now - cached[0] < max_age:
+            return cached[1]
+        from dxf_celery.scheduler.manager import LEASE_NAME
+
+        holder: str | None = None
+        try:
+            tm = self.task_manager
+            owner = tm.get_lease_owner(LEASE_NAME)
+            if owner and any(node.id == owner for node in tm.get_all_nodes()):
+                holder = owner
+        except Exception as err:  # the wake-up falls back to the shared queue
+            logger.debug("could not read the scheduler lease holder: %s", err)
+        with self._lock:
+            self._holder_cache = (now, holder)
+        return holder
+
+    def send_wakeup(self, reason: str = "wakeup", *, direct: bool = True, holder_only: bool = False) -> None:
+        """Ask for a scheduler pass now (latency only: beat does it anyway).
+
+        Sent to the lease holder's own wake queue when a holder is known (a wake-up taken by
+        any other node would be refused, and the holder would wait for its timer); to the
+        shared scheduler queue otherwise, or when ``direct`` is False. ``holder_only``: not
+        sent at all without a holder (no lease: no scheduler running to hurry).
+        """
         s = self.settings
+        holder = self.scheduler_holder() if direct else None
+        if holder_only and not holder:
+            return
+        queue = s.node_wake_queue(holder) if holder else s.scheduler_queue
         try:
             self.app.send_task(
                 SCHEDULE_TASK,
                 kwargs={"reason": reason},
-                queue=s.scheduler_queue,
-                routing_key=s.scheduler_queue,
+                queue=queue,
+                routing_key=queue,
                 expires=max(2 * s.scheduler_interval, 1.0),
                 ignore_result=True,
             )

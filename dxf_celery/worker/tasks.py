@@ -19,13 +19,13 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from dxf_celery.context import Context
 from dxf_celery.errors import ExecutorCancelledError, TaskNotFoundError
-from dxf_celery.proto import NodeResource, TaskState
+from dxf_celery.proto import NodeResource, SubtaskState, Task, TaskState
 from dxf_celery.taskexecutor.launcher import run_executor
 from dxf_celery.taskexecutor.param import Param
 from dxf_celery.taskexecutor.slots import SlotManager
 from dxf_celery.worker.events import ProgressReporter
 from dxf_celery.worker.execution import ExecutionControl, local_executions
-from dxf_celery.worker.names import EXECUTE_TASK, SCHEDULE_TASK
+from dxf_celery.worker.names import EXECUTE_TASK, SCHEDULE_TASK, STEP_DONE
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -65,7 +65,14 @@ def run_execute(
         return {"task": task_id, "skipped": "task is gone"}
     slot_manager = SlotManager(max(slots, task.concurrency, 1))
     slot_manager.alloc(task)
-    param = Param(tm, slot_manager, NodeResource(max(slots, 1), memory), exec_id, state.intervals())
+    param = Param(
+        tm,
+        slot_manager,
+        NodeResource(max(slots, 1), memory),
+        exec_id,
+        state.intervals(),
+        on_step_drained=lambda drained: wake_if_step_done(state, drained),
+    )
     in_child = state.main_pid is not None and os.getpid() != state.main_pid
     use_signal = in_child and threading.current_thread() is threading.main_thread()
 
@@ -102,6 +109,20 @@ def run_execute(
             if reporter is not None:
                 reporter.stop()
     return {"task": task_id, "step": task.step, "cancelled": control.requested}
+
+
+def wake_if_step_done(state: DXFState, task: Task) -> bool:
+    """Wake the scheduler lease holder when no subtask of ``task``'s step is pending or running.
+
+    Each executor checks after its own last finish was committed, so of two nodes finishing
+    the last subtasks at once, the later check sees both done: someone always wakes it. Sent
+    only to a known holder: a step's end hurries a running scheduler, it never starts one.
+    """
+    counts = state.task_manager.get_subtask_cnt_group_by_states(task.id, task.step)
+    if counts.get(SubtaskState.PENDING) or counts.get(SubtaskState.RUNNING):
+        return False
+    state.send_wakeup(STEP_DONE, holder_only=True)
+    return True
 
 
 def run_schedule(state: DXFState, reason: str) -> bool:

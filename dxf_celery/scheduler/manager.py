@@ -14,18 +14,20 @@ import math
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
 from dxf_celery.context import Context
 from dxf_celery.errors import DXFError, TaskNotFoundError, UnknownTaskTypeError
-from dxf_celery.proto import TaskBase, TaskState
+from dxf_celery.proto import ManagedNode, SubtaskState, TaskBase, TaskState
+from dxf_celery.retry import ExponentialBackoff
 from dxf_celery.scheduler.balancer import Balancer
 from dxf_celery.scheduler.cleanup import cleanup_finished_tasks, gc_subtask_history
 from dxf_celery.scheduler.interfaces import Scheduler
-from dxf_celery.scheduler.nodes import NodeManager
+from dxf_celery.scheduler.nodes import NodeManager, filter_by_scope
 from dxf_celery.scheduler.param import Param, SchedulerIntervals
+from dxf_celery.scheduler.planning import PlanningRetries
 from dxf_celery.scheduler.register import SchedulerFactory, get_scheduler_factory
 from dxf_celery.scheduler.slots import SlotManager
 from dxf_celery.storage import TaskManager
@@ -41,6 +43,10 @@ GC_LEASE_NAME = "scheduler-subtask-gc"
 _RESOURCE_STATES = (TaskState.PENDING, TaskState.RUNNING, TaskState.RESUMING)
 
 
+#: At most this many tasks that waited last pass widen the next pass's look at the task table.
+MAX_WAITING_LOOKAHEAD = 1024
+
+
 @dataclass
 class _Entry:
     scheduler: Scheduler
@@ -48,6 +54,14 @@ class _Entry:
     reserved: TaskBase
     exec_id: str
     allocated: bool
+
+
+@dataclass
+class _Parked:
+    """A scheduler made for a task that could not reserve: kept so the next pass need not rebuild it."""
+
+    base: TaskBase
+    scheduler: Scheduler
 
 
 class Manager:
@@ -72,6 +86,12 @@ class Manager:
         self.slot_manager = SlotManager()
         self.balancer = Balancer(task_manager, self.node_manager, self.slot_manager)
         self._schedulers: dict[int, _Entry] = {}
+        self._parked: dict[int, _Parked] = {}
+        self._waiting: dict[int, str] = {}
+        iv = self.intervals
+        self.planning = PlanningRetries(
+            iv.planning_max_retries, ExponentialBackoff(iv.schedule, 2.0, iv.planning_retry_max_interval)
+        )
         self._pass_lock = threading.Lock()
         self._last_balance = -math.inf
         self._last_cleanup = -math.inf
@@ -184,13 +204,32 @@ class Manager:
         entries = sorted(self._schedulers.values(), key=lambda e: e.scheduler.get_task().rank_key())
         return [e.scheduler for e in entries]
 
+    def waiting_reasons(self) -> dict[int, str]:
+        """Why each task that wants slots has none, as of the last pass (for inspection and tests)."""
+        return dict(self._waiting)
+
+    def task_limit(self) -> int:
+        """How many tasks may hold slots at once: DXF's fixed 16, or one per live slot when more."""
+        return max(self.intervals.max_concurrent_tasks, self.slot_manager.capacity())
+
     def _schedule_tasks(self) -> None:
         tm = self.task_manager
-        limit = self.intervals.max_concurrent_tasks
-        self.slot_manager.update(self.node_manager.get_nodes(), tm.get_used_slots_on_nodes())
+        nodes = self.node_manager.get_nodes()
+        # The batched reads come first so the usage read after them is newer than every count.
+        prefetched = self._prefetch()
+        self.slot_manager.update(nodes, tm.get_used_slots_on_nodes())
+        limit = self.task_limit()
         allocated = sum(1 for e in self._schedulers.values() if e.allocated)
+        # Look past the tasks that waited last pass, so that tasks no node can run (or whose
+        # nodes are full) do not hide lower-ranked tasks that could run.
+        window = 2 * limit + min(len(self._waiting), MAX_WAITING_LOOKAHEAD)
         # When saturated, still serve the states that need no slots (cancel, pause, revert, modify).
-        tasks = tm.get_top_no_need_resource_tasks() if allocated >= limit else tm.get_top_unfinished_tasks()
+        saturated = allocated >= limit
+        tasks = tm.get_top_no_need_resource_tasks(window) if saturated else tm.get_top_unfinished_tasks(window)
+        waiting: dict[int, str] = {}
+        if saturated:  # the tasks that waited still wait, now for the limit
+            full = f"{allocated} tasks hold slots, the most at once for {limit} live slots"
+            waiting = {t: full for t in self._waiting if t not in self._schedulers}
         for base in tasks:
             if base.id in self._schedulers:
                 continue
@@ -204,17 +243,40 @@ class Manager:
                 tm.fail(base.id, base.state, err)
                 self._cleanup_due = True
                 continue
-            exec_id, needs_slots = "", base.state in _RESOURCE_STATES
-            if needs_slots:
-                if allocated >= limit:
-                    continue
-                exec_id, ok = self.slot_manager.can_reserve(base)
-                if not ok:
-                    continue  # a lower-ranked task may still fit
-            if self._start_scheduler(base, factory, needs_slots, exec_id) and needs_slots:
-                allocated += 1
+            if base.state not in _RESOURCE_STATES:
+                self._unpark(base.id)
+                self._start_scheduler(base, factory)
+                continue
+            if allocated >= limit:
+                waiting[base.id] = f"{allocated} tasks hold slots, the most at once for {limit} live slots"
+                continue
+            # Cheap first: a task that fits on no live node at all needs no scheduler to say so.
+            first = self.slot_manager.check(base)
+            if not first.ok:
+                waiting[base.id] = first.reason
+                continue
+            sched = self._parked_or_new(base, factory)
+            if sched is None:
+                continue
+            eligible = self._eligible(sched, base, nodes)
+            where = self.slot_manager.check(base, eligible)
+            if not where.ok:
+                self._parked[base.id] = _Parked(base, sched)
+                waiting[base.id] = where.reason
+                continue
+            self._parked.pop(base.id, None)
+            self.slot_manager.reserve(base, where.exec_id, eligible)
+            self._schedulers[base.id] = _Entry(sched, base, where.exec_id, True)
+            allocated += 1
+        for task_id in [t for t in self._parked if t not in waiting]:
+            self._unpark(task_id)
+        self._waiting = waiting
         for sched in self._ranked_schedulers():
             task_id = sched.get_task().id
+            hand_over = getattr(sched, "prefetch", None)
+            if prefetched is not None and hand_over is not None and task_id in prefetched[0]:
+                fresh = prefetched[1].get(task_id)
+                hand_over(fresh, prefetched[2].get(task_id) if fresh is not None else None)
             try:
                 keep = sched.schedule_task()
             except DXFError as err:
@@ -227,14 +289,52 @@ class Manager:
                 self._drop(task_id)
                 self._cleanup_due = True
 
-    def _start_scheduler(self, base: TaskBase, factory: SchedulerFactory, allocated: bool, exec_id: str) -> bool:
+    def _prefetch(self) -> tuple[set[int], dict[int, TaskBase], dict[int, dict[SubtaskState, int]]] | None:
+        """The bases and current-step counts of every scheduled task, in two statements."""
+        ids = list(self._schedulers)
+        if not ids:
+            return None
+        tm = self.task_manager
+        try:
+            bases = tm.get_task_bases_by_ids(ids)
+            counts = tm.get_step_counts({i: b.step for i, b in bases.items()})
+        except DXFError as err:
+            logger.warning("scheduler %s: batched task reads failed, reading per task: %s", self.owner_id, err)
+            return None
+        return set(ids), bases, counts
+
+    def _eligible(self, sched: Scheduler, base: TaskBase, nodes: Sequence[ManagedNode]) -> list[str]:
+        """Live nodes the task may use, as its scheduler plans (type's choice, else its scope)."""
+        live = {n.id for n in nodes}
+        fn = getattr(sched, "eligible_exec_ids", None)
+        try:
+            ids = fn() if fn is not None else [n.id for n in filter_by_scope(nodes, base.target_scope)]
+        except Exception:
+            logger.exception("task %d: get_eligible_instances failed; it waits", base.id)
+            return []
+        return [n for n in ids if n in live]
+
+    def _parked_or_new(self, base: TaskBase, factory: SchedulerFactory) -> Scheduler | None:
+        parked = self._parked.pop(base.id, None)
+        if parked is not None:
+            if parked.base == base:
+                return parked.scheduler
+            _close(base.id, parked.scheduler)
+        return self._new_scheduler(base, factory, allocated=True)
+
+    def _unpark(self, task_id: int) -> None:
+        parked = self._parked.pop(task_id, None)
+        if parked is not None:
+            _close(task_id, parked.scheduler)
+
+    def _new_scheduler(self, base: TaskBase, factory: SchedulerFactory, *, allocated: bool) -> Scheduler | None:
         tm = self.task_manager
         try:
             task = tm.get_task_by_id(base.id)
         except TaskNotFoundError:
-            return False
+            return None
         ctx = self.ctx.child()
-        param = Param(tm, self.node_manager, self.slot_manager, self.owner_id, allocated, self.intervals)
+        param = Param(tm, self.node_manager, self.slot_manager, self.owner_id, allocated, self.intervals, self.planning)
         try:
             sched = factory(ctx, task, param)
             sched.init()
@@ -243,10 +343,15 @@ class Manager:
             ctx.cancel()
             tm.fail(task.id, task.state, err)
             self._cleanup_due = True
+            return None
+        return sched
+
+    def _start_scheduler(self, base: TaskBase, factory: SchedulerFactory) -> bool:
+        """Start a scheduler for a state that needs no slots (cancel, pause, revert, modify)."""
+        sched = self._new_scheduler(base, factory, allocated=False)
+        if sched is None:
             return False
-        if allocated:
-            self.slot_manager.reserve(base, exec_id)
-        self._schedulers[task.id] = _Entry(sched, base, exec_id, allocated)
+        self._schedulers[base.id] = _Entry(sched, base, "", False)
         return True
 
     def _drop(self, task_id: int) -> None:
@@ -255,11 +360,18 @@ class Manager:
             return
         if entry.allocated:
             self.slot_manager.unreserve(entry.reserved, entry.exec_id)
-        try:
-            entry.scheduler.close()
-        except Exception:
-            logger.exception("task %d: scheduler close failed", task_id)
+        _close(task_id, entry.scheduler)
 
     def _drop_all(self) -> None:
         for task_id in list(self._schedulers):
             self._drop(task_id)
+        for task_id in list(self._parked):
+            self._unpark(task_id)
+        self._waiting = {}
+
+
+def _close(task_id: int, sched: Scheduler) -> None:
+    try:
+        sched.close()
+    except Exception:
+        logger.exception("task %d: scheduler close failed", task_id)

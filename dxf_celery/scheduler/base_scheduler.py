@@ -127,11 +127,13 @@ class BaseScheduler:
         tm = self.param.task_manager
         if self._prefetched and self._pre_base is None:
             raise TaskNotFoundError()
+        pre, self._pre_base = self._pre_base, None
         if not self._reload:
-            base = self._pre_base if self._pre_base is not None else tm.get_task_base_by_id(self._task.id)
+            base = pre if pre is not None else tm.get_task_base_by_id(self._task.id)
             if _same_base(base, self._task):
-                return
-            self._pre_counts = None  # counted for a step this copy did not know
+                return  # prefetched counts (read after ``pre``) describe this very copy
+        # A full read is newer than the prefetched counts: they may describe an older state.
+        self._pre_counts = None
         self._task = tm.get_task_by_id(self._task.id)
         self._reload = False
 
@@ -140,8 +142,8 @@ class BaseScheduler:
         self._reload = True
 
     def _active_count(self) -> tuple[dict[SubtaskState, int], int]:
-        counts = self._pre_counts
-        if counts is None or self._pre_base is None or self._pre_base.step != self._task.step:
+        counts, self._pre_counts = self._pre_counts, None
+        if counts is None:
             counts = self.param.task_manager.get_subtask_cnt_group_by_states(self._task.id, self._task.step)
             # Read after the pass's usage snapshot: re-read the usage before planning on it.
             self.param.slot_manager.mark_stale()

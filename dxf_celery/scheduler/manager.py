@@ -88,6 +88,10 @@ class Manager:
         self._schedulers: dict[int, _Entry] = {}
         self._parked: dict[int, _Parked] = {}
         self._waiting: dict[int, str] = {}
+        #: Tasks that could not reserve on their own nodes while others had room (last pass):
+        #: the next pass looks that much further down the rank order, past them.
+        self._unplaceable = 0
+        self._used_read_at = -math.inf
         iv = self.intervals
         self.planning = PlanningRetries(
             iv.planning_max_retries, ExponentialBackoff(iv.schedule, 2.0, iv.planning_retry_max_interval)
@@ -217,16 +221,17 @@ class Manager:
         nodes = self.node_manager.get_nodes()
         # The batched reads come first so the usage read after them is newer than every count.
         prefetched = self._prefetch()
-        self.slot_manager.update(nodes, tm.get_used_slots_on_nodes())
+        self.slot_manager.update(nodes, self._used_slots())
         limit = self.task_limit()
         allocated = sum(1 for e in self._schedulers.values() if e.allocated)
-        # Look past the tasks that waited last pass, so that tasks no node can run (or whose
-        # nodes are full) do not hide lower-ranked tasks that could run.
-        window = 2 * limit + min(len(self._waiting), MAX_WAITING_LOOKAHEAD)
+        # Look past the tasks that could not be placed last pass, so that tasks no node can run
+        # (or whose nodes are full) do not hide lower-ranked tasks that could run elsewhere.
+        window = 2 * limit + min(2 * self._unplaceable, MAX_WAITING_LOOKAHEAD)
         # When saturated, still serve the states that need no slots (cancel, pause, revert, modify).
         saturated = allocated >= limit
         tasks = tm.get_top_no_need_resource_tasks(window) if saturated else tm.get_top_unfinished_tasks(window)
         waiting: dict[int, str] = {}
+        nowhere_from, nowhere_reason, unplaceable = math.inf, "", 0
         if saturated:  # the tasks that waited still wait, now for the limit
             full = f"{allocated} tasks hold slots, the most at once for {limit} live slots"
             waiting = {t: full for t in self._waiting if t not in self._schedulers}
@@ -250,10 +255,15 @@ class Manager:
             if allocated >= limit:
                 waiting[base.id] = f"{allocated} tasks hold slots, the most at once for {limit} live slots"
                 continue
-            # Cheap first: a task that fits on no live node at all needs no scheduler to say so.
+            # Cheap first: a task that fits on no live node at all needs no scheduler to say so;
+            # once a task of concurrency c fits nowhere, no lower-ranked one of c or more does.
+            if base.concurrency >= nowhere_from:
+                waiting[base.id] = nowhere_reason
+                continue
             first = self.slot_manager.check(base)
             if not first.ok:
-                waiting[base.id] = first.reason
+                waiting[base.id] = nowhere_reason = first.reason
+                nowhere_from = base.concurrency
                 continue
             sched = self._parked_or_new(base, factory)
             if sched is None:
@@ -263,6 +273,7 @@ class Manager:
             if not where.ok:
                 self._parked[base.id] = _Parked(base, sched)
                 waiting[base.id] = where.reason
+                unplaceable += 1
                 continue
             self._parked.pop(base.id, None)
             self.slot_manager.reserve(base, where.exec_id, eligible)
@@ -271,6 +282,8 @@ class Manager:
         for task_id in [t for t in self._parked if t not in waiting]:
             self._unpark(task_id)
         self._waiting = waiting
+        if not saturated:
+            self._unplaceable = unplaceable
         for sched in self._ranked_schedulers():
             task_id = sched.get_task().id
             hand_over = getattr(sched, "prefetch", None)
@@ -288,6 +301,19 @@ class Manager:
             if not keep:
                 self._drop(task_id)
                 self._cleanup_due = True
+
+    def _used_slots(self) -> dict[str, int] | None:
+        """Slots in use per node (one aggregate), or None to reuse the last read this pass.
+
+        Reservations may use a read up to one balance interval old (subtasks that ended since
+        only make it cautious, and plans are counted in as they happen); any plan reads it
+        fresh first. So a steady pass over many live subtasks skips the aggregate.
+        """
+        now = time.monotonic()
+        if now - self._used_read_at < self.intervals.balance:
+            return None
+        self._used_read_at = now
+        return self.task_manager.get_used_slots_on_nodes()
 
     def _prefetch(self) -> tuple[set[int], dict[int, TaskBase], dict[int, dict[SubtaskState, int]]] | None:
         """The bases and current-step counts of every scheduled task, in two statements."""

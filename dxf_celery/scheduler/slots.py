@@ -51,8 +51,12 @@ class SlotManager:
     def total_slots(self) -> int:
         return self._total_slots
 
-    def update(self, nodes: Sequence[ManagedNode], used: dict[str, int]) -> None:
-        """Take the live nodes and the slots their active subtasks use (fresh for this pass)."""
+    def update(self, nodes: Sequence[ManagedNode], used: dict[str, int] | None) -> None:
+        """Take the live nodes and the slots their active subtasks use.
+
+        ``used`` None keeps the last read (as adjusted since) for reservation decisions and
+        marks it stale, so the first plan of the pass reads it again.
+        """
         with self._lock:
             for node in nodes:
                 if node.cpu_count > 0:
@@ -60,8 +64,9 @@ class SlotManager:
                     break
             self._nodes = [n.id for n in nodes]
             self._capacity = {n.id: n.cpu_count if n.cpu_count > 0 else self._total_slots for n in nodes}
-            self._used = {n: used.get(n, 0) for n in self._nodes}
-            self._used_fresh = True
+            last = self._used if used is None else used
+            self._used = {n: last.get(n, 0) for n in self._nodes}
+            self._used_fresh = used is not None
 
     def refresh_used(self, used: dict[str, int]) -> None:
         """Take fresh per-node usage for the same nodes (right before assigning a step's subtasks)."""

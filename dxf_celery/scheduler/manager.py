@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import TypeAlias
 
 from dxf_celery.context import Context
 from dxf_celery.errors import DXFError, TaskNotFoundError, UnknownTaskTypeError
@@ -45,6 +46,10 @@ _RESOURCE_STATES = (TaskState.PENDING, TaskState.RUNNING, TaskState.RESUMING)
 
 #: At most this many tasks that waited last pass widen the next pass's look at the task table.
 MAX_WAITING_LOOKAHEAD = 1024
+
+
+#: What the pass read in batch: the ids asked for, their live bases, their current-step counts.
+_Prefetched: TypeAlias = tuple[set[int], dict[int, TaskBase], dict[int, dict[SubtaskState, int]]]
 
 
 @dataclass
@@ -217,11 +222,22 @@ class Manager:
         return max(self.intervals.max_concurrent_tasks, self.slot_manager.capacity())
 
     def _schedule_tasks(self) -> None:
-        tm = self.task_manager
         nodes = self.node_manager.get_nodes()
         # The batched reads come first so the usage read after them is newer than every count.
         prefetched = self._prefetch()
         self.slot_manager.update(nodes, self._used_slots())
+        self._start_candidates(nodes)
+        if self._run_schedulers(self._ranked_schedulers(), prefetched):
+            # Tasks finished: their slots go to waiting tasks in this pass, not one pass later.
+            before = set(self._schedulers)
+            self._start_candidates(nodes)
+            fresh = [e for task_id, e in self._schedulers.items() if task_id not in before]
+            fresh.sort(key=lambda e: e.scheduler.get_task().rank_key())
+            self._run_schedulers([e.scheduler for e in fresh], None)
+
+    def _start_candidates(self, nodes: Sequence[ManagedNode]) -> None:
+        """Give schedulers to the top tasks that need one, reserving slots where they can run."""
+        tm = self.task_manager
         limit = self.task_limit()
         allocated = sum(1 for e in self._schedulers.values() if e.allocated)
         # Look past the tasks that could not be placed last pass, so that tasks no node can run
@@ -284,7 +300,11 @@ class Manager:
         self._waiting = waiting
         if not saturated:
             self._unplaceable = unplaceable
-        for sched in self._ranked_schedulers():
+
+    def _run_schedulers(self, schedulers: Sequence[Scheduler], prefetched: _Prefetched | None) -> bool:
+        """One ``schedule_task`` each, in rank order; True when a scheduler was dropped."""
+        dropped = False
+        for sched in schedulers:
             task_id = sched.get_task().id
             hand_over = getattr(sched, "prefetch", None)
             if prefetched is not None and hand_over is not None and task_id in prefetched[0]:
@@ -301,6 +321,8 @@ class Manager:
             if not keep:
                 self._drop(task_id)
                 self._cleanup_due = True
+                dropped = True
+        return dropped
 
     def _used_slots(self) -> dict[str, int] | None:
         """Slots in use per node (one aggregate), or None to reuse the last read this pass.
@@ -315,7 +337,7 @@ class Manager:
         self._used_read_at = now
         return self.task_manager.get_used_slots_on_nodes()
 
-    def _prefetch(self) -> tuple[set[int], dict[int, TaskBase], dict[int, dict[SubtaskState, int]]] | None:
+    def _prefetch(self) -> _Prefetched | None:
         """The bases and current-step counts of every scheduled task, in two statements."""
         ids = list(self._schedulers)
         if not ids:

@@ -24,8 +24,8 @@ def slot_wait_reason(tm: TaskManager, task: Task, nodes: Sequence[ManagedNode] |
     if nodes is None:
         nodes = tm.get_all_nodes()
     eligible = filter_by_scope(nodes, task.target_scope)
-    if not eligible:
-        return None
+    if not eligible or any(n.cpu_count <= 0 for n in eligible):
+        return None  # no node to judge, or one whose slots are unknown
     used = tm.get_used_slots_on_nodes()
     if any(used.get(n.id, 0) + task.concurrency <= n.cpu_count for n in eligible):
         return None

@@ -51,6 +51,13 @@ class UnstableSubtasksError(DXFError):
     """A batched step switch found more subtasks than planned: the plan is not deterministic."""
 
 
+class InvalidPlanError(DXFError, TypeError):
+    """A task type's ``on_next_subtasks_batch`` returned something other than a list of bytes.
+
+    Never retried: the same planner would return the same thing again.
+    """
+
+
 class NonIdempotentSubtaskError(DXFError):
     """A subtask was found ``running`` after a crash and its type cannot run it twice."""
 
@@ -151,6 +158,7 @@ __all__ = [
     "CancelSubtaskError",
     "DXFError",
     "ExecutorCancelledError",
+    "InvalidPlanError",
     "InvalidTaskError",
     "NonIdempotentSubtaskError",
     "StorageDataError",

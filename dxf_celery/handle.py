@@ -83,21 +83,24 @@ def submit_task(
         priority=priority,
     )
     task = tm.get_task_by_id_with_history(task_id)
-    reason = waiting_reason(tm, task)
+    reason = waiting_reason(tm, task, check_slots=False)
     if reason is not None:
         logger.warning("task %d (%s) accepted, but %s", task.id, task.key, reason)
     return task
 
 
-def waiting_reason(tm: TaskManager, task: Task) -> str | None:
+def waiting_reason(tm: TaskManager, task: Task, *, check_slots: bool = True) -> str | None:
     """Why a pending task cannot start yet for lack of a node, or None when some node can run it.
 
     The task-type reason needs every node that may run the task to have reported its types
     (a node of an older version reports none): a guess would warn about working setups.
+    ``check_slots`` also reports nodes too busy to take it (one aggregate over the live
+    subtasks; submit skips it).
     """
-    # The scheduler's own scope rule, imported here: importing handle stays light (the
+    # The scheduler's own rules, imported here: importing handle stays light (the
     # scheduler package loads SQLAlchemy).
     from dxf_celery.scheduler.nodes import filter_by_scope
+    from dxf_celery.scheduler.waiting import slot_wait_reason
 
     if task.state != TaskState.PENDING:
         return None
@@ -114,7 +117,7 @@ def waiting_reason(tm: TaskManager, task: Task) -> str | None:
             f"no live worker{among} registered the task type {task.type!r}: start workers that import the "
             f"module registering it (a scheduler pass on a worker that does not know the type fails the task)"
         )
-    return None
+    return slot_wait_reason(tm, task, nodes) if check_slots else None
 
 
 def _check_text(what: str, value: object) -> None:

@@ -65,6 +65,10 @@ class DXFSettings:
     scheduler_interval: float = _SCHEDULER.schedule
     #: Period of the subtask balancer inside the scheduler pass.
     balance_interval: float = _SCHEDULER.balance
+    #: Retries in a row of a retryable planning error before the task reverts.
+    planning_max_retries: int = _SCHEDULER.planning_max_retries
+    #: Cap of the pause between planning attempts (starts at the scheduler interval, doubles).
+    planning_retry_max_interval: float = _SCHEDULER.planning_retry_max_interval
     #: Seconds without heartbeat after which a node counts as dead and its subtasks move.
     node_ttl: float = _SCHEDULER.node_ttl
     #: Lifetime of the scheduler's database lease (a dead scheduler is replaced after it).
@@ -144,6 +148,7 @@ class DXFSettings:
             "launch_timeout",
             "progress_event_interval",
             "database_connect_interval",
+            "planning_retry_max_interval",
         )
         for name in positive:
             if getattr(self, name) <= 0:
@@ -154,6 +159,8 @@ class DXFSettings:
             )
         if self.max_subtask_check_interval < self.subtask_check_interval:
             raise DXFConfigError("dxf_max_subtask_check_interval must be >= dxf_subtask_check_interval")
+        if self.planning_max_retries < 0:
+            raise DXFConfigError(f"dxf_planning_max_retries must be >= 0, got {self.planning_max_retries}")
         if self.database_connect_retries < 1:
             raise DXFConfigError(f"dxf_database_connect_retries must be >= 1, got {self.database_connect_retries}")
         if self.drain_grace < 0:

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Sequence
 
 from dxf_celery.context import Context
-from dxf_celery.errors import TaskNotFoundError, UnstableSubtasksError
+from dxf_celery.errors import InvalidPlanError, TaskNotFoundError, UnstableSubtasksError
 from dxf_celery.proto import (
     CANCELLED_BY_USER,
     STEP_DONE,
@@ -28,6 +28,7 @@ from dxf_celery.proto import (
 from dxf_celery.scheduler.interfaces import Extension, StorageTaskHandle, TaskHandle
 from dxf_celery.scheduler.nodes import filter_by_scope
 from dxf_celery.scheduler.param import Param
+from dxf_celery.scheduler.planning import validate_plan
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +47,12 @@ class BaseScheduler:
         self.handle: TaskHandle = StorageTaskHandle(param.task_manager)
         self._task = task
         self._reload = False
+        #: What the manager read for this pass in its batched reads (used once, then cleared).
+        self._pre_base: TaskBase | None = None
+        self._pre_counts: dict[SubtaskState, int] | None = None
+        self._prefetched = False
+        #: Set when planning found no eligible node: the scheduler then gives its slots back.
+        self._no_eligible = False
 
     # ------------------------------------------------------------------ Scheduler protocol
 
@@ -58,10 +65,25 @@ class BaseScheduler:
     def get_task(self) -> Task:
         return self._task
 
+    def prefetch(self, base: TaskBase | None, counts: dict[SubtaskState, int] | None) -> None:
+        """Hand over the manager's batched reads for the next :meth:`schedule_task` call.
+
+        ``base`` None means the task is no longer live; ``counts`` are the subtask counts of
+        ``base.step``, read after ``base``.
+        """
+        self._pre_base, self._pre_counts, self._prefetched = base, counts, True
+
     def schedule_task(self) -> bool:
         """Run the handler of the current state once; False once this scheduler should go."""
+        try:
+            return self._schedule_once()
+        finally:
+            self._pre_base, self._pre_counts, self._prefetched = None, None, False
+
+    def _schedule_once(self) -> bool:
         if self.ctx.done():
             return False
+        self._no_eligible = False
         try:
             self._refresh_task()
         except TaskNotFoundError:
@@ -85,10 +107,12 @@ class BaseScheduler:
             if not allocated:
                 return False
             self.on_pending()
+            return not self._no_eligible  # no node can run it: hold no slots while it waits
         elif state == TaskState.RUNNING:
             if not allocated:
                 return False
             self.on_running()
+            return not self._no_eligible
         elif state == TaskState.MODIFYING:
             return self.on_modifying()
         else:
@@ -101,10 +125,15 @@ class BaseScheduler:
 
     def _refresh_task(self) -> None:
         tm = self.param.task_manager
+        if self._prefetched and self._pre_base is None:
+            raise TaskNotFoundError()
+        pre, self._pre_base = self._pre_base, None
         if not self._reload:
-            base = tm.get_task_base_by_id(self._task.id)
+            base = pre if pre is not None else tm.get_task_base_by_id(self._task.id)
             if _same_base(base, self._task):
-                return
+                return  # prefetched counts (read after ``pre``) describe this very copy
+        # A full read is newer than the prefetched counts: they may describe an older state.
+        self._pre_counts = None
         self._task = tm.get_task_by_id(self._task.id)
         self._reload = False
 
@@ -113,7 +142,11 @@ class BaseScheduler:
         self._reload = True
 
     def _active_count(self) -> tuple[dict[SubtaskState, int], int]:
-        counts = self.param.task_manager.get_subtask_cnt_group_by_states(self._task.id, self._task.step)
+        counts, self._pre_counts = self._pre_counts, None
+        if counts is None:
+            counts = self.param.task_manager.get_subtask_cnt_group_by_states(self._task.id, self._task.step)
+            # Read after the pass's usage snapshot: re-read the usage before planning on it.
+            self.param.slot_manager.mark_stale()
         return counts, counts.get(SubtaskState.PENDING, 0) + counts.get(SubtaskState.RUNNING, 0)
 
     def eligible_exec_ids(self, *, for_balance: bool = False) -> list[str]:
@@ -251,27 +284,52 @@ class BaseScheduler:
             return
         exec_ids = self.eligible_exec_ids()
         if not exec_ids:
-            logger.debug("task %d: no eligible node to plan step %d; waiting", task.id, next_step)
+            logger.debug("task %d: no eligible node to plan step %d; waiting without slots", task.id, next_step)
+            self._no_eligible = True
             return
+        retries = self.param.planning
+        if not retries.may_try(task.id, next_step):
+            return  # backing off after a retryable planning error
         try:
-            metas = self.extension.on_next_subtasks_batch(self.ctx, self.handle, task, exec_ids, next_step)
+            plan = self.extension.on_next_subtasks_batch(self.ctx, self.handle, task, exec_ids, next_step)
+            metas = validate_plan(task, next_step, plan)
         except Exception as err:
             self._wrote()  # the hook may have changed task.meta: drop that copy
-            if self.extension.is_retryable_err(err):
-                logger.info("task %d: retryable planning error for step %d: %s", task.id, next_step, err)
+            if self._is_retryable(err) and retries.failed(task.id, next_step):
+                logger.info(
+                    "task %d: retryable planning error for step %d (%d of at most %d retries): %s",
+                    task.id,
+                    next_step,
+                    retries.failures(task.id),
+                    retries.max_retries,
+                    err,
+                )
                 return
             logger.warning("task %d: planning step %d failed, reverting: %s", task.id, next_step, err)
+            retries.forget(task.id)
             self._revert(err)
             return
+        retries.forget(task.id)
         self._schedule_subtasks(next_step, metas, exec_ids)
+
+    def _is_retryable(self, err: BaseException) -> bool:
+        if isinstance(err, InvalidPlanError):
+            return False
+        try:
+            return bool(self.extension.is_retryable_err(err))
+        except Exception:
+            logger.exception("task %d: is_retryable_err raised; treating the error as final", self._task.id)
+            return False
 
     def _schedule_subtasks(self, next_step: int, metas: Sequence[bytes], exec_ids: Sequence[str]) -> None:
         task = self._task
         tm = self.param.task_manager
         slots = self.param.slot_manager
-        # Usage as of now, as DXF does: the pass-start snapshot can predate the last subtasks of
-        # the step that just finished and would make their nodes look full.
-        slots.refresh_used(tm.get_used_slots_on_nodes())
+        # Usage read after this task's counts (DXF reads it per plan): an older snapshot can
+        # predate the last subtasks of the step that just finished and make their nodes look
+        # full. The manager reads it once per pass after its batched counts; a scheduler that
+        # counted on its own marked it stale.
+        slots.used_for_planning(tm.get_used_slots_on_nodes)
         nodes = slots.adjust_eligible_nodes(exec_ids, task.concurrency)
         subtasks = [
             Subtask(
@@ -299,6 +357,7 @@ class BaseScheduler:
             self._revert(err)
             return
         if switched:
+            slots.account(set(nodes[: len(subtasks)]), task.concurrency)
             logger.info(
                 "task %d: step %d planned with %d subtasks on %d nodes", task.id, next_step, len(metas), len(nodes)
             )

@@ -69,13 +69,16 @@ class Extension(abc.ABC):
     def on_next_subtasks_batch(
         self, ctx: Context, handle: TaskHandle, task: Task, exec_ids: Sequence[str], next_step: int
     ) -> list[bytes]:
-        """Return one meta per subtask of ``next_step``.
+        """Return one meta per subtask of ``next_step``: a list of bytes (``[]`` for none).
 
-        May change ``task.meta`` (it is saved with the step switch) but never the task state.
-        Called when the task enters its first step and each time a step finishes; never for
-        ``STEP_DONE``. A raised error reverts the task unless :meth:`is_retryable_err` says
-        to try again on the next pass. The list must be deterministic for a given task and
-        step: a large plan is inserted in several transactions and may be replanned.
+        May change ``task.meta`` (it is saved with the step switch; it must stay bytes) but
+        never the task state. Called when the task enters its first step and each time a step
+        finishes; never for ``STEP_DONE``. Anything but a list of bytes reverts the task with
+        an :class:`~dxf_celery.errors.InvalidPlanError`. A raised error reverts the task
+        unless :meth:`is_retryable_err` says to try again: then it is retried after a growing
+        pause, at most ``planning_max_retries`` times in a row. The list must be
+        deterministic for a given task and step: a large plan is inserted in several
+        transactions and may be replanned.
         """
 
     def on_done(self, ctx: Context, handle: TaskHandle, task: Task) -> None:  # noqa: B027 - optional hook
@@ -90,7 +93,7 @@ class Extension(abc.ABC):
         return []
 
     def is_retryable_err(self, err: BaseException) -> bool:
-        """Whether a planning error should be retried on the next pass instead of reverting."""
+        """Whether a planning error should be retried (after a pause, a bounded number of times)."""
         return False
 
     @abc.abstractmethod

@@ -14,18 +14,21 @@ import math
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import TypeAlias
 
 from dxf_celery.context import Context
 from dxf_celery.errors import DXFError, TaskNotFoundError, UnknownTaskTypeError
-from dxf_celery.proto import TaskBase, TaskState
+from dxf_celery.proto import ManagedNode, SubtaskState, TaskBase, TaskState
+from dxf_celery.retry import ExponentialBackoff
 from dxf_celery.scheduler.balancer import Balancer
 from dxf_celery.scheduler.cleanup import cleanup_finished_tasks, gc_subtask_history
 from dxf_celery.scheduler.interfaces import Scheduler
-from dxf_celery.scheduler.nodes import NodeManager
+from dxf_celery.scheduler.nodes import NodeManager, filter_by_scope
 from dxf_celery.scheduler.param import Param, SchedulerIntervals
+from dxf_celery.scheduler.planning import PlanningRetries
 from dxf_celery.scheduler.register import SchedulerFactory, get_scheduler_factory
 from dxf_celery.scheduler.slots import SlotManager
 from dxf_celery.storage import TaskManager
@@ -41,6 +44,14 @@ GC_LEASE_NAME = "scheduler-subtask-gc"
 _RESOURCE_STATES = (TaskState.PENDING, TaskState.RUNNING, TaskState.RESUMING)
 
 
+#: At most this many tasks that waited last pass widen the next pass's look at the task table.
+MAX_WAITING_LOOKAHEAD = 1024
+
+
+#: What the pass read in batch: the ids asked for, their live bases, their current-step counts.
+_Prefetched: TypeAlias = tuple[set[int], dict[int, TaskBase], dict[int, dict[SubtaskState, int]]]
+
+
 @dataclass
 class _Entry:
     scheduler: Scheduler
@@ -48,6 +59,14 @@ class _Entry:
     reserved: TaskBase
     exec_id: str
     allocated: bool
+
+
+@dataclass
+class _Parked:
+    """A scheduler made for a task that could not reserve: kept so the next pass need not rebuild it."""
+
+    base: TaskBase
+    scheduler: Scheduler
 
 
 class Manager:
@@ -72,6 +91,16 @@ class Manager:
         self.slot_manager = SlotManager()
         self.balancer = Balancer(task_manager, self.node_manager, self.slot_manager)
         self._schedulers: dict[int, _Entry] = {}
+        self._parked: dict[int, _Parked] = {}
+        self._waiting: dict[int, str] = {}
+        #: Tasks that could not reserve on their own nodes while others had room (last pass):
+        #: the next pass looks that much further down the rank order, past them.
+        self._unplaceable = 0
+        self._used_read_at = -math.inf
+        iv = self.intervals
+        self.planning = PlanningRetries(
+            iv.planning_max_retries, ExponentialBackoff(iv.schedule, 2.0, iv.planning_retry_max_interval)
+        )
         self._pass_lock = threading.Lock()
         self._last_balance = -math.inf
         self._last_cleanup = -math.inf
@@ -184,13 +213,44 @@ class Manager:
         entries = sorted(self._schedulers.values(), key=lambda e: e.scheduler.get_task().rank_key())
         return [e.scheduler for e in entries]
 
+    def waiting_reasons(self) -> dict[int, str]:
+        """Why each task that wants slots has none, as of the last pass (for inspection and tests)."""
+        return dict(self._waiting)
+
+    def task_limit(self) -> int:
+        """How many tasks may hold slots at once: DXF's fixed 16, or one per live slot when more."""
+        return max(self.intervals.max_concurrent_tasks, self.slot_manager.capacity())
+
     def _schedule_tasks(self) -> None:
+        nodes = self.node_manager.get_nodes()
+        # The batched reads come first so the usage read after them is newer than every count.
+        prefetched = self._prefetch()
+        self.slot_manager.update(nodes, self._used_slots())
+        self._start_candidates(nodes)
+        if self._run_schedulers(self._ranked_schedulers(), prefetched):
+            # Tasks finished: their slots go to waiting tasks in this pass, not one pass later.
+            before = set(self._schedulers)
+            self._start_candidates(nodes)
+            fresh = [e for task_id, e in self._schedulers.items() if task_id not in before]
+            fresh.sort(key=lambda e: e.scheduler.get_task().rank_key())
+            self._run_schedulers([e.scheduler for e in fresh], None)
+
+    def _start_candidates(self, nodes: Sequence[ManagedNode]) -> None:
+        """Give schedulers to the top tasks that need one, reserving slots where they can run."""
         tm = self.task_manager
-        limit = self.intervals.max_concurrent_tasks
-        self.slot_manager.update(self.node_manager.get_nodes(), tm.get_used_slots_on_nodes())
+        limit = self.task_limit()
         allocated = sum(1 for e in self._schedulers.values() if e.allocated)
+        # Look past the tasks that could not be placed last pass, so that tasks no node can run
+        # (or whose nodes are full) do not hide lower-ranked tasks that could run elsewhere.
+        window = 2 * limit + min(2 * self._unplaceable, MAX_WAITING_LOOKAHEAD)
         # When saturated, still serve the states that need no slots (cancel, pause, revert, modify).
-        tasks = tm.get_top_no_need_resource_tasks() if allocated >= limit else tm.get_top_unfinished_tasks()
+        saturated = allocated >= limit
+        tasks = tm.get_top_no_need_resource_tasks(window) if saturated else tm.get_top_unfinished_tasks(window)
+        waiting: dict[int, str] = {}
+        nowhere_from, nowhere_reason, unplaceable = math.inf, "", 0
+        if saturated:  # the tasks that waited still wait, now for the limit
+            full = f"{allocated} tasks hold slots, the most at once for {limit} live slots"
+            waiting = {t: full for t in self._waiting if t not in self._schedulers}
         for base in tasks:
             if base.id in self._schedulers:
                 continue
@@ -204,17 +264,52 @@ class Manager:
                 tm.fail(base.id, base.state, err)
                 self._cleanup_due = True
                 continue
-            exec_id, needs_slots = "", base.state in _RESOURCE_STATES
-            if needs_slots:
-                if allocated >= limit:
-                    continue
-                exec_id, ok = self.slot_manager.can_reserve(base)
-                if not ok:
-                    continue  # a lower-ranked task may still fit
-            if self._start_scheduler(base, factory, needs_slots, exec_id) and needs_slots:
-                allocated += 1
-        for sched in self._ranked_schedulers():
+            if base.state not in _RESOURCE_STATES:
+                self._unpark(base.id)
+                self._start_scheduler(base, factory)
+                continue
+            if allocated >= limit:
+                waiting[base.id] = f"{allocated} tasks hold slots, the most at once for {limit} live slots"
+                continue
+            # Cheap first: a task that fits on no live node at all needs no scheduler to say so;
+            # once a task of concurrency c fits nowhere, no lower-ranked one of c or more does.
+            if base.concurrency >= nowhere_from:
+                waiting[base.id] = nowhere_reason
+                continue
+            first = self.slot_manager.check(base)
+            if not first.ok:
+                waiting[base.id] = nowhere_reason = first.reason
+                nowhere_from = base.concurrency
+                continue
+            sched = self._parked_or_new(base, factory)
+            if sched is None:
+                continue
+            eligible = self._eligible(sched, base, nodes)
+            where = self.slot_manager.check(base, eligible)
+            if not where.ok:
+                self._parked[base.id] = _Parked(base, sched)
+                waiting[base.id] = where.reason
+                unplaceable += 1
+                continue
+            self._parked.pop(base.id, None)
+            self.slot_manager.reserve(base, where.exec_id, eligible)
+            self._schedulers[base.id] = _Entry(sched, base, where.exec_id, True)
+            allocated += 1
+        for task_id in [t for t in self._parked if t not in waiting]:
+            self._unpark(task_id)
+        self._waiting = waiting
+        if not saturated:
+            self._unplaceable = unplaceable
+
+    def _run_schedulers(self, schedulers: Sequence[Scheduler], prefetched: _Prefetched | None) -> bool:
+        """One ``schedule_task`` each, in rank order; True when a scheduler was dropped."""
+        dropped = False
+        for sched in schedulers:
             task_id = sched.get_task().id
+            hand_over = getattr(sched, "prefetch", None)
+            if prefetched is not None and hand_over is not None and task_id in prefetched[0]:
+                fresh = prefetched[1].get(task_id)
+                hand_over(fresh, prefetched[2].get(task_id) if fresh is not None else None)
             try:
                 keep = sched.schedule_task()
             except DXFError as err:
@@ -226,15 +321,68 @@ class Manager:
             if not keep:
                 self._drop(task_id)
                 self._cleanup_due = True
+                dropped = True
+        return dropped
 
-    def _start_scheduler(self, base: TaskBase, factory: SchedulerFactory, allocated: bool, exec_id: str) -> bool:
+    def _used_slots(self) -> dict[str, int] | None:
+        """Slots in use per node (one aggregate), or None to reuse the last read this pass.
+
+        Reservations may use a read up to one balance interval old (subtasks that ended since
+        only make it cautious, and plans are counted in as they happen); any plan reads it
+        fresh first. So a steady pass over many live subtasks skips the aggregate.
+        """
+        now = time.monotonic()
+        if now - self._used_read_at < self.intervals.balance:
+            return None
+        self._used_read_at = now
+        return self.task_manager.get_used_slots_on_nodes()
+
+    def _prefetch(self) -> _Prefetched | None:
+        """The bases and current-step counts of every scheduled task, in two statements."""
+        ids = list(self._schedulers)
+        if not ids:
+            return None
+        tm = self.task_manager
+        try:
+            bases = tm.get_task_bases_by_ids(ids)
+            counts = tm.get_step_counts({i: b.step for i, b in bases.items()})
+        except DXFError as err:
+            logger.warning("scheduler %s: batched task reads failed, reading per task: %s", self.owner_id, err)
+            return None
+        return set(ids), bases, counts
+
+    def _eligible(self, sched: Scheduler, base: TaskBase, nodes: Sequence[ManagedNode]) -> list[str]:
+        """Live nodes the task may use, as its scheduler plans (type's choice, else its scope)."""
+        live = {n.id for n in nodes}
+        fn = getattr(sched, "eligible_exec_ids", None)
+        try:
+            ids = fn() if fn is not None else [n.id for n in filter_by_scope(nodes, base.target_scope)]
+        except Exception:
+            logger.exception("task %d: get_eligible_instances failed; it waits", base.id)
+            return []
+        return [n for n in ids if n in live]
+
+    def _parked_or_new(self, base: TaskBase, factory: SchedulerFactory) -> Scheduler | None:
+        parked = self._parked.pop(base.id, None)
+        if parked is not None:
+            if parked.base == base:
+                return parked.scheduler
+            _close(base.id, parked.scheduler)
+        return self._new_scheduler(base, factory, allocated=True)
+
+    def _unpark(self, task_id: int) -> None:
+        parked = self._parked.pop(task_id, None)
+        if parked is not None:
+            _close(task_id, parked.scheduler)
+
+    def _new_scheduler(self, base: TaskBase, factory: SchedulerFactory, *, allocated: bool) -> Scheduler | None:
         tm = self.task_manager
         try:
             task = tm.get_task_by_id(base.id)
         except TaskNotFoundError:
-            return False
+            return None
         ctx = self.ctx.child()
-        param = Param(tm, self.node_manager, self.slot_manager, self.owner_id, allocated, self.intervals)
+        param = Param(tm, self.node_manager, self.slot_manager, self.owner_id, allocated, self.intervals, self.planning)
         try:
             sched = factory(ctx, task, param)
             sched.init()
@@ -243,10 +391,15 @@ class Manager:
             ctx.cancel()
             tm.fail(task.id, task.state, err)
             self._cleanup_due = True
+            return None
+        return sched
+
+    def _start_scheduler(self, base: TaskBase, factory: SchedulerFactory) -> bool:
+        """Start a scheduler for a state that needs no slots (cancel, pause, revert, modify)."""
+        sched = self._new_scheduler(base, factory, allocated=False)
+        if sched is None:
             return False
-        if allocated:
-            self.slot_manager.reserve(base, exec_id)
-        self._schedulers[task.id] = _Entry(sched, base, exec_id, allocated)
+        self._schedulers[base.id] = _Entry(sched, base, "", False)
         return True
 
     def _drop(self, task_id: int) -> None:
@@ -255,11 +408,18 @@ class Manager:
             return
         if entry.allocated:
             self.slot_manager.unreserve(entry.reserved, entry.exec_id)
-        try:
-            entry.scheduler.close()
-        except Exception:
-            logger.exception("task %d: scheduler close failed", task_id)
+        _close(task_id, entry.scheduler)
 
     def _drop_all(self) -> None:
         for task_id in list(self._schedulers):
             self._drop(task_id)
+        for task_id in list(self._parked):
+            self._unpark(task_id)
+        self._waiting = {}
+
+
+def _close(task_id: int, sched: Scheduler) -> None:
+    try:
+        sched.close()
+    except Exception:
+        logger.exception("task %d: scheduler close failed", task_id)

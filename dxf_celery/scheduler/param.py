@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from dxf_celery.proto import MAX_CONCURRENT_TASKS
+from dxf_celery.scheduler.planning import (
+    DEFAULT_PLANNING_MAX_RETRIES,
+    DEFAULT_PLANNING_RETRY_MAX_INTERVAL,
+    PlanningRetries,
+)
 
 if TYPE_CHECKING:
     from dxf_celery.scheduler.nodes import NodeManager
@@ -39,10 +44,15 @@ class SchedulerIntervals:
     subtask_keep_seconds: float = 14 * 86400.0
     #: Finished tasks older than this leave the history with their subtasks (None: kept forever).
     history_keep_seconds: float | None = None
-    #: At most this many tasks hold slots at once.
+    #: At least this many tasks may hold slots at once (DXF: 16); more when the live nodes have
+    #: more slots in all, since every slot-holding task reserves at least one slot.
     max_concurrent_tasks: int = MAX_CONCURRENT_TASKS
     #: Plans with this many meta bytes or more are inserted in batches.
     batch_switch_bytes: int = DEFAULT_BATCH_SWITCH_BYTES
+    #: A retryable planning error is retried this many times in a row, then the task reverts.
+    planning_max_retries: int = DEFAULT_PLANNING_MAX_RETRIES
+    #: Cap of the pause between planning attempts (it starts at ``schedule`` and doubles).
+    planning_retry_max_interval: float = DEFAULT_PLANNING_RETRY_MAX_INTERVAL
 
     @classmethod
     def fast(cls) -> SchedulerIntervals:
@@ -63,3 +73,5 @@ class Param:
     #: such a scheduler exits when the task returns to a state that needs slots.
     allocated_slots: bool
     intervals: SchedulerIntervals
+    #: Retryable planning failures, kept by the manager across scheduler restarts.
+    planning: PlanningRetries = field(default_factory=PlanningRetries)

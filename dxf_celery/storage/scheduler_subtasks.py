@@ -1,28 +1,37 @@
 """Subtasks, scheduler side: counts, errors and summaries a scheduler reads, and the moves
-it makes on subtasks (resume, rebalance)."""
+it makes on subtasks (resume, rebalance); plus the batched reads of one scheduler pass (the
+bases and step counts of every scheduled task in two statements, not two per task)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Select, Table, func, select, update
+from sqlalchemy import Connection, Select, Table, func, select, tuple_, update
 
 from dxf_celery.errors import SubtaskNotFoundError
-from dxf_celery.proto import StoredError, Subtask, SubtaskBase, SubtaskState
+from dxf_celery.proto import StoredError, Subtask, SubtaskBase, SubtaskState, TaskBase
 from dxf_celery.storage.base import StorageBase, utcnow
 from dxf_celery.storage.rows import (
     ACTIVE,
     SUBTASK_BASE_COLUMNS,
+    TASK_BASE_COLUMNS,
     live_and_history,
     load_json,
     subtask_base_from_row,
     subtask_from_row,
+    task_base_from_row,
     values_of,
 )
-from dxf_celery.storage.tables import subtask_table
+from dxf_celery.storage.tables import subtask_table, task_table
 
 _FAILED_OR_CANCELED = values_of((SubtaskState.FAILED, SubtaskState.CANCELED))
+#: Ids per ``IN`` list of the batched reads (well under every driver's parameter limit).
+_CHUNK = 500
+
+
+def _chunks(items: Sequence[Any]) -> list[Sequence[Any]]:
+    return [items[i : i + _CHUNK] for i in range(0, len(items), _CHUNK)]
 
 
 class SchedulerSubtasks(StorageBase):
@@ -49,6 +58,40 @@ class SchedulerSubtasks(StorageBase):
         )
         stmt = select(inner.c.exec_id, func.sum(inner.c.slots)).group_by(inner.c.exec_id)
         return self._read(lambda conn: {r[0]: int(r[1]) for r in conn.execute(stmt)})
+
+    def get_task_bases_by_ids(self, task_ids: Sequence[int]) -> dict[int, TaskBase]:
+        """The light columns of the live tasks among ``task_ids`` (a missing id: moved to history)."""
+        cols = [task_table.c[c] for c in TASK_BASE_COLUMNS]
+
+        def txn(conn: Connection) -> dict[int, TaskBase]:
+            out: dict[int, TaskBase] = {}
+            for chunk in _chunks(list(task_ids)):
+                for row in conn.execute(select(*cols).where(task_table.c.id.in_(chunk))):
+                    base = task_base_from_row(row)
+                    out[base.id] = base
+            return out
+
+        return self._read(txn) if task_ids else {}
+
+    def get_step_counts(self, steps: dict[int, int]) -> dict[int, dict[SubtaskState, int]]:
+        """Per task: its subtasks of the step ``steps[task_id]`` counted by state, in one aggregate.
+
+        A task without a subtask in that step maps to an empty dict.
+        """
+
+        def txn(conn: Connection) -> dict[int, dict[SubtaskState, int]]:
+            out: dict[int, dict[SubtaskState, int]] = {task_id: {} for task_id in steps}
+            for chunk in _chunks(list(steps.items())):
+                stmt = (
+                    select(subtask_table.c.task_id, subtask_table.c.state, func.count())
+                    .where(tuple_(subtask_table.c.task_id, subtask_table.c.step).in_(chunk))
+                    .group_by(subtask_table.c.task_id, subtask_table.c.state)
+                )
+                for task_id, state, n in conn.execute(stmt):
+                    out[int(task_id)][SubtaskState(state)] = int(n)
+            return out
+
+        return self._read(txn) if steps else {}
 
     def get_active_subtasks(self, task_id: int) -> list[SubtaskBase]:
         """pending/running subtasks of a task, every step, by id (the balancer groups them)."""

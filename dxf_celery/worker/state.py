@@ -127,6 +127,8 @@ class DXFState:
             schedule=s.scheduler_interval,
             balance=s.balance_interval,
             node_ttl=s.node_ttl,
+            planning_max_retries=s.planning_max_retries,
+            planning_retry_max_interval=s.planning_retry_max_interval,
             history_keep_seconds=s.history_retention * 86400.0 if s.history_retention > 0 else None,
         )
 

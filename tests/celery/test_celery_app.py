@@ -59,9 +59,25 @@ def test_history_retention_reaches_the_scheduler_in_seconds() -> None:
     assert DXFState(app, {}).scheduler_intervals().history_keep_seconds == 1.5 * 86400
 
 
+def test_planning_retry_settings_reach_the_scheduler() -> None:
+    from celery import Celery
+
+    from dxf_celery.worker.state import DXFState
+
+    default = DXFState(Celery("plan"), {}).scheduler_intervals()
+    assert (default.planning_max_retries, default.planning_retry_max_interval) == (10, 3.0)
+    app = Celery("plan2")
+    app.conf.dxf_planning_max_retries = "2"
+    app.conf.dxf_planning_retry_max_interval = "0.5"
+    iv = DXFState(app, {}).scheduler_intervals()
+    assert (iv.planning_max_retries, iv.planning_retry_max_interval) == (2, 0.5)
+
+
 @pytest.mark.parametrize(
     ("conf", "needle"),
     [
+        ({"dxf_planning_max_retries": -1}, "dxf_planning_max_retries"),
+        ({"dxf_planning_retry_max_interval": 0}, "dxf_planning_retry_max_interval"),
         ({"dxf_node_slots": 0}, "dxf_node_slots"),
         ({"dxf_task_check_interval": -1}, "dxf_task_check_interval"),
         ({"dxf_node_slots": "many"}, "dxf_node_slots"),

@@ -13,6 +13,7 @@ from dataclasses import replace
 
 import pytest
 from helpers.cluster_types import RECORDER, TASK_TYPE, demo_meta, register_demo
+from helpers.scheduling import INTERVALS, manager, nodes, passes, run_step, state
 
 from dxf_celery import handle
 from dxf_celery.context import Context
@@ -31,15 +32,11 @@ from dxf_celery.scheduler import (
     BaseScheduler,
     Extension,
     Manager,
-    SchedulerIntervals,
     clear_scheduler_factories,
     register_scheduler_factory,
 )
 from dxf_celery.storage import TaskManager
 from dxf_celery.taskexecutor import clear_task_executors
-
-#: Fast passes, but nodes registered by hand must not die of old age mid-test.
-INTERVALS = replace(SchedulerIntervals.fast(), node_ttl=60.0)
 
 
 @pytest.fixture(autouse=True)
@@ -50,35 +47,6 @@ def demo_type() -> Iterator[None]:
     yield
     clear_scheduler_factories()
     clear_task_executors()
-
-
-def manager(tm: TaskManager, owner: str = "s1", **kw: object) -> Manager:
-    return Manager(tm, owner_id=owner, intervals=kw.pop("intervals", INTERVALS), **kw)  # type: ignore[arg-type]
-
-
-def nodes(tm: TaskManager, *ids: str, cpu: int = 8, role: str = "") -> None:
-    for exec_id in ids:
-        tm.init_meta(exec_id, role, cpu)
-
-
-def run_step(tm: TaskManager, task_id: int, step: int) -> int:
-    """Play the executors: run every pending subtask of ``step`` to success."""
-    n = 0
-    for s in tm.get_subtasks(task_id, step, with_history=False):
-        if s.state == SubtaskState.PENDING:
-            tm.start_subtask(s.id, s.exec_id)
-            tm.finish_subtask(s.exec_id, s.id, s.meta)
-            n += 1
-    return n
-
-
-def passes(m: Manager, n: int = 1) -> None:
-    for _ in range(n):
-        assert m.schedule_once()
-
-
-def state(tm: TaskManager, task_id: int) -> TaskState:
-    return handle.get_task(tm, task_id).state
 
 
 def test_lease_one_owner_at_a_time(task_manager: TaskManager) -> None:
@@ -179,35 +147,6 @@ def test_failed_subtask_reverts_with_its_error(task_manager: TaskManager) -> Non
     assert RECORDER.done == [(task.id, "reverting")]
     with pytest.raises(Exception, match="disk full"):
         handle.wait_task(tm, task.id, timeout=5)
-
-
-@pytest.mark.parametrize("retryable", [True, False])
-@pytest.mark.parametrize("step", [1, 2])
-def test_planning_errors(task_manager: TaskManager, retryable: bool, step: int) -> None:
-    tm = task_manager
-    nodes(tm, "n1")
-    m = manager(tm)
-    plan_error = {"step": step, "times": 2, "retryable": retryable}
-    task = handle.submit_task(tm, "k", TASK_TYPE, meta=demo_meta(plan_error=plan_error))
-    for s in (1, 2):
-        for _ in range(5):
-            passes(m)
-            cur = handle.get_task(tm, task.id)
-            if cur.step == s or cur.state not in (TaskState.PENDING, TaskState.RUNNING):
-                break
-        if (cur.state, cur.step) != (TaskState.RUNNING, s):
-            break
-        run_step(tm, task.id, s)
-    passes(m, 3)
-    t = handle.get_task(tm, task.id)
-    if retryable:
-        assert t.state == TaskState.SUCCEED
-        assert RECORDER.plan_failures[(task.id, step)] == 3  # two failures, then the plan
-    else:
-        assert t.state == TaskState.REVERTED
-        assert t.error is not None and t.error.message == f"planning step {step} failed"
-        assert t.step == step - 1 if step == 2 else t.step == -1
-        assert RECORDER.done == [(task.id, "reverting")]
 
 
 def test_manual_recovery(task_manager: TaskManager) -> None:
@@ -404,7 +343,7 @@ def test_scope_and_max_node_count(task_manager: TaskManager) -> None:
 
 def test_max_concurrent_tasks_still_serves_cancel(task_manager: TaskManager) -> None:
     tm = task_manager
-    nodes(tm, "n1", cpu=64)
+    nodes(tm, "n1", cpu=1)  # one slot: a stripe and one reservation on the node, then saturated
     m = manager(tm, intervals=replace(INTERVALS, max_concurrent_tasks=2))
     tasks = [handle.submit_task(tm, f"k{i}", TASK_TYPE, meta=demo_meta(steps=1, subtasks=1)) for i in range(3)]
     passes(m, 2)

@@ -118,3 +118,42 @@ def test_fast_intervals_are_fast() -> None:
     default = SchedulerIntervals()
     assert fast.schedule < default.schedule and fast.node_ttl < default.node_ttl
     assert default.subtask_keep_seconds == 14 * 86400
+
+
+def test_reservation_counts_only_the_nodes_a_task_may_use() -> None:
+    slots = SlotManager()
+    slots.update(_nodes("a", "b", cpu=2) + _nodes("g", role="gpu", cpu=2), {"g": 2})
+    gpu_high = _task(1, concurrency=2, priority=1)
+    assert slots.check(gpu_high, ["g"]).ok  # stripes: nothing ranks above it
+    slots.reserve(gpu_high, "", ["g"])
+    gpu_low = _task(2, concurrency=2, priority=2)
+    waits = slots.check(gpu_low, ["g"])
+    assert not waits.ok and "higher-ranked work holds them" in waits.reason
+    # The gpu stripes do not touch a and b: a lower-ranked task there reserves by stripes.
+    assert slots.check(_task(3, concurrency=2, priority=900), ["a", "b"]).exec_id == ""
+    assert slots.check(_task(3, concurrency=2, priority=900), ["a", "b"]).ok
+    nowhere = slots.check(_task(4), [])
+    assert not nowhere.ok and "no live node may run it" in nowhere.reason
+    assert not slots.check(_task(4), ["gone"]).ok  # eligible but not live
+    assert slots.capacity() == 6
+
+
+def test_planning_usage_is_read_once_then_counted_in() -> None:
+    slots = SlotManager()
+    reads: list[int] = []
+
+    def fetch() -> dict[str, int]:
+        reads.append(1)
+        return {"a": 1}
+
+    slots.update(_nodes("a", "b", cpu=4), None)  # reuse the last read: stale for planning
+    slots.used_for_planning(fetch)
+    slots.used_for_planning(fetch)
+    assert len(reads) == 1 and slots.used_slots() == {"a": 1, "b": 0}
+    slots.account({"a", "b"}, 2)
+    assert slots.used_slots() == {"a": 3, "b": 2}
+    slots.update(_nodes("a", "b", cpu=4), None)  # the next pass keeps the adjusted numbers
+    assert slots.used_slots() == {"a": 3, "b": 2}
+    slots.mark_stale()
+    slots.used_for_planning(fetch)
+    assert len(reads) == 2 and slots.used_slots() == {"a": 1, "b": 0}

@@ -2,9 +2,10 @@
 
 Everything comes from the environment so each test picks its broker, database and timing:
 ``DXF_E2E_BROKER``, ``DXF_E2E_DB_URL``, ``DXF_E2E_SLOTS``, ``DXF_E2E_TYPES`` ("0" = this
-worker knows no task type), ``DXF_E2E_FS_DIR`` (folder of the ``filesystem://`` broker),
-``DXF_E2E_METRICS_PORT`` (the worker's Prometheus port) and ``DXF_E2E_CONF`` (a JSON object of
-further settings, e.g. ``{"dxf_shutdown_timeout": 3}``).
+worker knows no task type; otherwise it knows ``e2e`` and the fault suite's ``fault``),
+``DXF_E2E_FS_DIR`` (folder of the ``filesystem://`` broker), ``DXF_E2E_METRICS_PORT`` (the
+worker's Prometheus port) and ``DXF_E2E_CONF`` (a JSON object of further settings, e.g.
+``{"dxf_shutdown_timeout": 3}``).
 The test process builds the same app with :func:`create_app` to submit tasks.
 """
 
@@ -78,4 +79,5 @@ def create_app(
 app, dxf = create_app()
 
 if os.environ.get("DXF_E2E_TYPES", "1") == "1":
+    from helpers.celery_apps import fault_types as _fault_types  # noqa: F401  (registers "fault")
     from helpers.celery_apps import types as _types  # noqa: F401  (registers the "e2e" type)

@@ -167,16 +167,52 @@ class PrivatePostgres:
             self.init()
         pg_ctl = _pg_bin("pg_ctl")
         assert pg_ctl is not None
-        options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=off"
+        options = (
+            f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=off"
+            " -c max_connections=300"  # several prefork workers, each child with its own pool
+        )
         self._run([pg_ctl, "-D", str(self._data()), "-o", options, "-l", str(self.folder / "pg.log"), "-w", "start"])
         _wait_port(self.port, True)
 
-    def stop(self) -> None:
+    def stop(self, mode: str = "immediate") -> None:
+        """``pg_ctl stop -m MODE``: ``fast`` is an orderly outage (sessions are told and closed),
+        ``immediate`` a crash."""
         if not self._initialised or not (self._data() / "postmaster.pid").exists():
             return
         pg_ctl = _pg_bin("pg_ctl")
         assert pg_ctl is not None
-        self._run([pg_ctl, "-D", str(self._data()), "-m", "immediate", "-w", "stop"])
+        self._run([pg_ctl, "-D", str(self._data()), "-m", mode, "-w", "stop"])
+
+    def database_url(self, name: str) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{name}"
+
+    def create_database(self, name: str) -> str:
+        """A fresh database ``name`` (dropped first if a previous test left it); its SQLAlchemy URL."""
+        import psycopg
+
+        if not name.isidentifier():
+            raise ValueError(f"not a plain database name: {name!r}")
+        with psycopg.connect(f"postgresql://postgres@127.0.0.1:{self.port}/postgres", autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            conn.execute(f"CREATE DATABASE {name}")
+        return self.database_url(name)
+
+    def terminate_backends(self, database: str, spare_application: str = "") -> int:
+        """``pg_terminate_backend`` every other session on ``database``; how many were killed.
+
+        Sessions whose ``application_name`` is ``spare_application`` survive (the ledger's).
+        """
+        import psycopg
+
+        with psycopg.connect(
+            f"postgresql://postgres@127.0.0.1:{self.port}/postgres", autocommit=True, connect_timeout=5
+        ) as conn:
+            rows = conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = %s AND pid <> pg_backend_pid() AND application_name <> %s",
+                (database, spare_application),
+            ).fetchall()
+        return sum(1 for (killed,) in rows if killed)
 
     def close(self) -> None:
         try:

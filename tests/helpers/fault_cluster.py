@@ -107,6 +107,7 @@ class FaultCluster:
         }
         self.procs = CeleryProcesses(tmp_path, env, self.dxf.task_manager)
         self.command = worker_command()
+        self.gate = tmp_path / "gate"
 
     # ------------------------------------------------------------------ processes
 
@@ -151,7 +152,9 @@ class FaultCluster:
         target_scope: str = "",
         planner: str = "ok",
     ) -> Submitted:
-        meta = fault_meta(self.db_url, subtasks=subtasks, idempotent=idempotent, sleep=sleep, planner=planner)
+        meta = fault_meta(
+            self.db_url, subtasks=subtasks, idempotent=idempotent, sleep=sleep, planner=planner, gate=str(self.gate)
+        )
         task = self.dxf.submit_task(
             key, TASK_TYPE, meta=meta, priority=priority, concurrency=concurrency, target_scope=target_scope
         )
@@ -224,6 +227,16 @@ class FaultCluster:
             f"{name} running a subtask of tasks {[t.id for t in tasks]} mid-step",
         )
 
+    def hold_mid_step(self, tasks: Sequence[Submitted], name: str) -> None:
+        """Close the gate once the tasks are under way, then wait until node ``name`` holds a
+        running subtask of each: a fault injected now finds them in the middle of their work."""
+        self.wait(lambda: all(self.ledger.count("success", t.id) >= 2 for t in tasks), 120, "the tasks to be under way")
+        self.gate.touch()
+        self.wait_mid_step(tasks, name, successes=0)
+
+    def open_gate(self) -> None:
+        self.gate.unlink(missing_ok=True)
+
     def wait_final(self, tasks: Sequence[Submitted], timeout: float) -> None:
         def done() -> bool:
             for t in tasks:
@@ -252,6 +265,7 @@ class FaultCluster:
 
     def finish_and_judge(self, tasks: Sequence[Submitted], timeout: float = 240) -> Verdict:
         """Wait for every task to end, then assert the scenario's promise; the figures go to the output."""
+        self.open_gate()
         try:
             self.wait_final(tasks, timeout)
         finally:

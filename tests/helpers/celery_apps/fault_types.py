@@ -2,8 +2,11 @@
 
 Meta (JSON): ``steps`` (2), ``subtasks``, ``sleep`` (seconds per subtask, waited on the
 subtask's context so a cancel stops it), ``idempotent``, ``ledger`` (the SQLAlchemy URL of
-the database holding ``fault_ledger``) and ``planner``: ``"ok"``, or ``"none"`` for a
-planner that returns ``None`` instead of a list of bytes (a garbage planner).
+the database holding ``fault_ledger``), ``planner``: ``"ok"``, or ``"none"`` for a
+planner that returns ``None`` instead of a list of bytes (a garbage planner), and ``gate``:
+a file path; while that file exists, a subtask that has done its work waits (on its context)
+before it records its success. A test closes the gate to be sure that a fault finds subtasks
+in the middle of their work, not between two of them, and opens it to let them finish.
 
 Step code writes a ``start`` row before its work and a ``success`` row after it, on the
 ledger's own connection (:mod:`helpers.ledger`), so the test sees every execution whatever
@@ -13,6 +16,7 @@ the framework later does with the subtask's row.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,10 +30,19 @@ from dxf_celery.taskexecutor.param import Param
 from helpers import ledger
 
 TASK_TYPE = "fault"
+#: How often a subtask held at a closed gate looks again.
+GATE_POLL = 0.02
 
 
 def fault_meta(
-    ledger_url: str, *, subtasks: int, idempotent: bool, sleep: float = 0.2, steps: int = 2, planner: str = "ok"
+    ledger_url: str,
+    *,
+    subtasks: int,
+    idempotent: bool,
+    sleep: float = 0.2,
+    steps: int = 2,
+    planner: str = "ok",
+    gate: str | None = None,
 ) -> bytes:
     return json.dumps(
         {
@@ -39,6 +52,7 @@ def fault_meta(
             "idempotent": idempotent,
             "ledger": ledger_url,
             "planner": planner,
+            "gate": gate,
         }
     ).encode()
 
@@ -67,6 +81,10 @@ class FaultStepExecutor(BaseStepExecutor):
         self._record("start", subtask)
         ctx.wait(float(self.meta.get("sleep", 0)))
         ctx.check()
+        gate = self.meta.get("gate")
+        while gate and os.path.exists(gate):
+            ctx.wait(GATE_POLL)
+            ctx.check()
         self._record("success", subtask)
 
 

@@ -101,11 +101,6 @@ def _three_nodes(make: MakeCluster, conf: dict[str, Any] | None = None) -> Fault
 # ---------------------------------------------------------------------- a) warm shutdown
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 9: warm shutdown abandons the running subtasks (rows stay running), so the non-idempotent task "
-    "reverts with NonIdempotentSubtaskError: 15-21 executions, 27-33 of 48 subtasks never ran",
-)
 def test_a_warm_shutdown_mid_step_then_restart(make_cluster: MakeCluster) -> None:
     cluster = _three_nodes(make_cluster)
     tasks = cluster.submit_pair("shutdown", subtasks=SUBTASKS, sleep=SLEEP)
@@ -123,11 +118,6 @@ def test_a_warm_shutdown_mid_step_then_restart(make_cluster: MakeCluster) -> Non
 # ---------------------------------------------------------------------- b) preemption
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 9: preemption abandons the running subtask, so the preempted non-idempotent task reverts with "
-    "NonIdempotentSubtaskError: 4-5 executions, 43-44 of 48 subtasks never ran",
-)
 def test_b_preemption_by_a_higher_priority_task_on_a_two_slot_node(make_cluster: MakeCluster) -> None:
     cluster = make_cluster()
     cluster.start_workers("w1", slots=2)

@@ -249,11 +249,6 @@ def test_h_killed_worker_reverts_its_non_idempotent_task_never_runs_it_twice(mak
 # ---------------------------------------------------------------------- i) garbage planner
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 9: planner output is not validated: the task whose planner returns None stays pending "
-    "(a traceback per pass) for the whole minute",
-)
 def test_i_garbage_planner_reverts_its_task_and_the_next_task_succeeds(make_cluster: MakeCluster) -> None:
     cluster = make_cluster()
     cluster.start_workers("w1", "w2")
@@ -274,11 +269,6 @@ def test_i_garbage_planner_reverts_its_task_and_the_next_task_succeeds(make_clus
 # ---------------------------------------------------------------------- j) missing scope
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 9: tasks with a target scope no node has hold the slots: the normal pair is still pending "
-    "(0 executions) after 45 s",
-)
 def test_j_tasks_for_a_missing_scope_do_not_delay_a_normal_task(make_cluster: MakeCluster) -> None:
     cluster = make_cluster()
     cluster.start_workers("w1", "w2", slots=2)

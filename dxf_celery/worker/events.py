@@ -54,22 +54,6 @@ PROGRESS_FIELDS = (
 PROGRESS_STATE = "PROGRESS"
 #: Fewest seconds between two ``PROGRESS`` writes to the result backend.
 MIN_STORE_INTERVAL = 1.0
-#: The figures of the ``result`` text and the ``PROGRESS`` meta, in this order.
-META_FIELDS = (
-    "task",
-    "key",
-    "node",
-    "state",
-    "step",
-    "step_index",
-    "step_count",
-    "subtasks_done",
-    "subtasks_total",
-    "subtasks_running",
-    "rows",
-    "bytes",
-    "node_subtasks",
-)
 
 
 def progress_fields(tm: TaskManager, task_id: int, node: str) -> dict[str, Any]:
@@ -106,21 +90,24 @@ def progress_fields(tm: TaskManager, task_id: int, node: str) -> dict[str, Any]:
 
 
 def progress_meta(fields: dict[str, Any]) -> dict[str, Any]:
-    """The ``PROGRESS`` meta (and ``result`` text) of an executor from its event fields."""
+    """The ``PROGRESS`` meta (and ``result`` text) of an executor from its event fields.
+
+    How far comes first: Flower's table cuts the result text short.
+    """
     return {
-        "task": fields["dxf_task_id"],
-        "key": fields["dxf_key"],
-        "node": fields["node"],
-        "state": fields["dxf_state"],
-        "step": fields["dxf_step"],
-        "step_index": fields["step_index"],
-        "step_count": fields["step_count"],
         "subtasks_done": fields["subtasks_done"],
         "subtasks_total": fields["subtasks_total"],
         "subtasks_running": fields["subtasks_running"],
+        "step": fields["dxf_step"],
+        "step_index": fields["step_index"],
+        "step_count": fields["step_count"],
         "rows": fields["rows"],
         "bytes": fields["bytes"],
         "node_subtasks": fields.get("node_subtasks", 0),
+        "state": fields["dxf_state"],
+        "task": fields["dxf_task_id"],
+        "key": fields["dxf_key"],
+        "node": fields["node"],
     }
 
 

@@ -147,7 +147,7 @@ def _recorded(built: list[TaskExecutor]) -> loop_outcome.ExecutorOutcome | None:
 
 
 def _skipped(task_id: int, exec_id: str, why: str) -> dict[str, Any]:
-    return {"task": task_id, "node": exec_id, "ended": outcome.SKIPPED, "skipped": why}
+    return {"ended": outcome.SKIPPED, "skipped": why, "task": task_id, "node": exec_id}
 
 
 def _outcome(
@@ -195,15 +195,16 @@ def _outcome(
         cancelled_by_user=cancelled_by_user,
         shutting_down=shutting_down,
     )
+    # Why it ended and what it ran come first: Flower's table cuts the result text short.
     return {
+        "ended": ended,
+        **counters,
+        "task_state": task_state.value if task_state is not None else None,
+        "why": detail or reason,
         "task": task_id,
         "key": key,
         "type": type_,
         "node": exec_id,
-        "ended": ended,
-        "task_state": task_state.value if task_state is not None else None,
-        "why": detail or reason,
-        **counters,
         "cancel_request": cancel_request,
     }
 

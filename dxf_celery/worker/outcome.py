@@ -125,11 +125,21 @@ def backend_configured(app: Any) -> bool:
         return False
 
 
-def finish(task: Any, result: dict[str, Any], *, events: bool, runtime: float) -> dict[str, Any]:
-    """End the bound ``dxf.execute`` task ``task`` with ``result``: return it, or raise ``Ignore``."""
+def is_success(result: dict[str, Any]) -> bool:
+    """True when the executor's result ends it as a Celery ``SUCCESS`` (a result without ``ended`` too)."""
     ended = str(result.get("ended", ""))
-    if not ended or ended in SUCCESS_ENDS:
-        return result
+    return not ended or ended in SUCCESS_ENDS
+
+
+def announce(task: Any, result: dict[str, Any], *, events: bool, runtime: float) -> None:
+    """Store and send the custom end state of ``result`` for the bound ``dxf.execute`` ``task`` (nothing for a success).
+
+    Called while the executor's :class:`ExecutionControl` still owns SIGUSR1 (see
+    :func:`dxf_celery.worker.tasks.run_execute`); :func:`finish` then raises ``Ignore``.
+    """
+    if is_success(result):
+        return
+    ended = str(result["ended"])
     state = celery_state(ended)
     if backend_configured(task.app):
         try:
@@ -147,4 +157,10 @@ def finish(task: Any, result: dict[str, Any], *, events: bool, runtime: float) -
             )
         except Exception as err:
             logger.debug("task %s: cannot send the task-%s event: %s", result.get("task"), ended, err)
-    raise Ignore(f"DXF executor ended {ended}")
+
+
+def finish(result: dict[str, Any]) -> dict[str, Any]:
+    """Return ``result`` as the task's ``SUCCESS`` value, or raise ``Ignore`` after :func:`announce` told the end."""
+    if is_success(result):
+        return result
+    raise Ignore(f"DXF executor ended {result['ended']}")

@@ -56,11 +56,13 @@ def run_execute(
     events: bool,
     incarnation: str = "",
     store_state: Callable[[str, dict[str, Any]], None] | None = None,
+    on_outcome: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Body of ``dxf.execute``: run the executor of ``task_id`` for node ``exec_id``; returns its outcome.
 
     ``store_state`` writes a Celery state and meta to the result backend (given only when
-    one is configured): the ``PROGRESS`` figures while the executor runs.
+    one is configured): the ``PROGRESS`` figures while the executor runs. ``on_outcome``
+    gets the outcome before the cancel control is closed (it announces the end state).
     """
     if hostname and exec_id != hostname:
         # Each node's queue is its own; running another node's executor would impersonate it.
@@ -137,7 +139,13 @@ def run_execute(
             local_executions.unregister(celery_id)
             if reporter is not None:
                 reporter.stop()
-    return _outcome(state, task.id, task.key, task.type, exec_id, built, loop_reason, control.requested, in_child)
+        # Still under the control: a cancel signal that comes late (the Manager's, for a run
+        # that already ended) lands in its handler, not in the pool's soft-time-limit one,
+        # which would raise in the middle of this bookkeeping or of the result's write.
+        result = _outcome(state, task.id, task.key, task.type, exec_id, built, loop_reason, control.requested, in_child)
+        if on_outcome is not None:
+            on_outcome(result)
+    return result
 
 
 def _recorded(built: list[TaskExecutor]) -> loop_outcome.ExecutorOutcome | None:
@@ -270,6 +278,11 @@ def register_tasks(app: Celery, state: DXFState) -> None:
                 backend.store_result(celery_id, meta, celery_state)
 
         started = time.monotonic()
+        events_on = bool(events)
+
+        def announce(result: dict[str, Any]) -> None:
+            outcome.announce(self, result, events=events_on, runtime=time.monotonic() - started)
+
         result = run_execute(
             state,
             celery_id=celery_id,
@@ -278,11 +291,12 @@ def register_tasks(app: Celery, state: DXFState) -> None:
             exec_id=str(exec_id),
             slots=int(slots),
             memory=int(memory),
-            events=bool(events),
+            events=events_on,
             incarnation=str(incarnation),
             store_state=store_state,
+            on_outcome=announce,
         )
-        return outcome.finish(self, result, events=bool(events), runtime=time.monotonic() - started)
+        return outcome.finish(result)
 
     @app.task(  # type: ignore[untyped-decorator]
         name=SCHEDULE_TASK,

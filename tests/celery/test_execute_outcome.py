@@ -84,6 +84,7 @@ def local_dxf(tmp_path: Path) -> Iterator[DXF]:
         # task, so it sees the end instead of giving up first.
         dxf_max_subtask_check_interval=2.0,
         dxf_watch_task_interval=0.05,
+        dxf_progress_event_interval=0.02,  # many progress looks per subtask
     )
     register_task_type(TASK_TYPE, executor_factory)
     register_scheduler_factory(TASK_TYPE, scheduler_factory)
@@ -190,8 +191,6 @@ def test_progress_reaches_the_result_backend_boundedly_while_the_executor_runs(
 ) -> None:
     """``PROGRESS`` is stored with the step's figures, never more often than the bound allows."""
     monkeypatch.setattr(progress, "MIN_STORE_INTERVAL", 3600.0)  # one write per hour at most: exactly one here
-    local_dxf.app.conf.dxf_progress_event_interval = 0.02
-    local_dxf.state._settings = None  # re-read the settings
     record = tmp_path / "runs.log"
     task = local_dxf.submit_task("prog", TASK_TYPE, meta=e2e_meta(str(record), steps=1, subtasks=3, sleep=0.2))
     _plan_once(local_dxf)

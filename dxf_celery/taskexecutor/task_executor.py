@@ -33,7 +33,7 @@ from dxf_celery.errors import (
 )
 from dxf_celery.proto import Subtask, SubtaskState, Task, TaskBase, TaskState
 from dxf_celery.retry import run_with_retry
-from dxf_celery.taskexecutor import interrupt
+from dxf_celery.taskexecutor import interrupt, outcome
 from dxf_celery.taskexecutor.drain import Drain, back_to_pending
 from dxf_celery.taskexecutor.execute import StepExecFrameworkInfo, StepExecutor
 from dxf_celery.taskexecutor.fencing import Fence, FenceCheck, may_finish
@@ -69,6 +69,7 @@ class BaseTaskExecutor:
         self._step_ctx: Context | None = None
         self.drain_state = Drain()  # read by tests and launchers; set through drain()
         self._fence = Fence(param.intervals.fence_after)
+        self.outcome = outcome.ExecutorOutcome()  # what this run did and why it stopped (dxf.execute reports it)
 
     # ------------------------------------------------------------------ TaskExecutor API
 
@@ -138,7 +139,7 @@ class BaseTaskExecutor:
 
     def run(self) -> None:
         try:
-            self._run_loop()
+            self.outcome.stopped(*self._run_loop())
         except ExecutorCancelledError as err:
             # A forced interruption that landed just as the step code returned: the executor
             # was cancelled anyway, so it stops; the subtask row is left for the scheduler.
@@ -150,7 +151,7 @@ class BaseTaskExecutor:
         finally:
             self._clean_step_executor()
 
-    def _run_loop(self) -> None:
+    def _run_loop(self) -> tuple[str, str]:
         iv = self.param.intervals
         table = self.param.task_table
         interval = iv.subtask_check
@@ -161,22 +162,22 @@ class BaseTaskExecutor:
         ran_since_empty = False
         while True:
             if self.ctx.done() or self.drain_state.requested:
-                return
+                return outcome.loop_stop(self.ctx)
             if not skip_wait and self.ctx.wait(interval):
-                return
+                return outcome.loop_stop(self.ctx)
             skip_wait = False
             try:
                 new = table.get_task_by_id(self._task_id)
             except TaskNotFoundError:
-                return
+                return outcome.LOOP_GONE, ""
             except Exception as err:
                 logger.warning("task %d: cannot read the task: %s", self._task_id, err)
                 continue
             if not self._apply_changes_between_subtasks(new):
                 logger.info("task %d on %s: cannot grow to %d slots, exiting", new.id, self._exec_id, new.concurrency)
-                return
+                return outcome.LOOP_NO_ROOM, f"cannot grow to {new.concurrency} slots"
             if new.state not in _RUNNABLE:
-                return
+                return outcome.LOOP_TASK_STATE, new.state.value
             try:
                 subtask = table.get_first_subtask_in_states(
                     self._exec_id, new.id, new.step, SubtaskState.PENDING, SubtaskState.RUNNING
@@ -189,7 +190,7 @@ class BaseTaskExecutor:
                     ran_since_empty = False
                     self._step_drained(new)
                 if empty_polls >= iv.max_idle_polls - 1:
-                    return
+                    return outcome.LOOP_IDLE, ""
                 interval = min(iv.subtask_check * 2**empty_polls, iv.max_subtask_check)
                 empty_polls += 1
                 continue
@@ -211,7 +212,7 @@ class BaseTaskExecutor:
                 # The task is being reverted: no new subtask may start under this step.
                 continue
             if self.drain_state.requested:
-                return  # draining: the subtask just found is left for later (still pending)
+                return outcome.LOOP_DRAINED, ""  # draining: the subtask just found is left for later (still pending)
             ran_since_empty = True
             if self._run_subtask(step_exec, step_ctx, subtask):
                 skip_wait = True
@@ -293,7 +294,7 @@ class BaseTaskExecutor:
             if not self.extension.is_idempotent(subtask):
                 logger.warning("task %d: subtask %d was left running and is not idempotent", self._task_id, subtask.id)
                 self._set_subtask_state(subtask.id, SubtaskState.FAILED, NonIdempotentSubtaskError())
-                return False
+                return self.outcome.ended(subtask.step, outcome.ENDED_FAILED)
         else:
             try:
                 self._sql(lambda: table.start_subtask(subtask.id, self._exec_id), "start_subtask")
@@ -336,16 +337,16 @@ class BaseTaskExecutor:
 
         if error is None:
             if not may_finish(table, self._exec_id, subtask):
-                return False
+                return self.outcome.ended(subtask.step, outcome.ENDED_MOVED)
             try:
                 self._sql(lambda: table.finish_subtask(self._exec_id, subtask.id, subtask.meta), "finish_subtask")
             except Exception as err:
                 logger.warning("task %d: cannot finish subtask %d: %s", self._task_id, subtask.id, err)
                 return False
-            return True
+            return self.outcome.ended(subtask.step, outcome.ENDED_SUCCEED)
         if isinstance(error, SubtaskNotStartedError) and not isinstance(subtask_ctx.cause, CancelSubtaskError):
             back_to_pending(lambda: self._sql(lambda: table.subtask_back_to_pending(self._exec_id, subtask.id), "back"))
-            return False
+            return self.outcome.ended(subtask.step, outcome.ENDED_LEFT)
         if subtask_ctx.done():
             if isinstance(subtask_ctx.cause, CancelSubtaskError):
                 self._set_subtask_state(subtask.id, SubtaskState.CANCELED, None)
@@ -360,7 +361,7 @@ class BaseTaskExecutor:
         else:
             logger.warning("task %d: subtask %d failed: %s", self._task_id, subtask.id, error)
             self._set_subtask_state(subtask.id, SubtaskState.FAILED, error)
-        return False
+        return self.outcome.ended(subtask.step, outcome.how_ended(subtask_ctx, self.is_retryable_error(error)))
 
     def _set_subtask_state(self, subtask_id: int, state: SubtaskState, err: BaseException | None) -> None:
         table = self.param.task_table

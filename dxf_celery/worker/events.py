@@ -1,15 +1,24 @@
-"""Progress of a running executor as Celery ``task-progress`` events (for Flower and event consumers).
+"""Progress of a running executor for Flower and event consumers: ``task-progress`` events and ``PROGRESS`` meta.
 
-The authoritative progress is in SQL (subtask states and summaries); these events are a
-best-effort mirror with a stable field set, sent from a small thread of the pool process
-only when the worker sends task events (``-E`` / ``worker_send_task_events``).
+The authoritative progress is in SQL (subtask states and summaries); what this module sends
+is a best-effort mirror with a stable field set, from a small thread of the pool process:
+
+* a ``task-progress`` event every ``dxf_progress_event_interval`` seconds when the worker
+  sends task events (``-E`` / ``worker_send_task_events``); its ``result`` field carries the
+  figures as text, because Flower shows only a fixed field set of a task (``result`` is one);
+* the ``PROGRESS`` state with the same figures as its meta (``update_state``) when a result
+  backend is configured, at most once every :data:`MIN_STORE_INTERVAL` seconds.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+
+from celery.utils.saferepr import saferepr
 
 from dxf_celery.proto import SubtaskState
 
@@ -34,7 +43,17 @@ PROGRESS_FIELDS = (
     "subtasks_running",
     "current",
     "total",
+    "step_index",
+    "step_count",
+    "rows",
+    "bytes",
+    "node_subtasks",
+    "result",
 )
+#: The Celery state of a running executor, in the result backend and in Flower.
+PROGRESS_STATE = "PROGRESS"
+#: Fewest seconds between two ``PROGRESS`` writes to the result backend.
+MIN_STORE_INTERVAL = 1.0
 
 
 def progress_fields(tm: TaskManager, task_id: int, node: str) -> dict[str, Any]:
@@ -48,6 +67,7 @@ def progress_fields(tm: TaskManager, task_id: int, node: str) -> dict[str, Any]:
     counts = progress.steps[step].counts if step in progress.steps else {}
     total = sum(counts.values())
     done = counts.get(SubtaskState.SUCCEED, 0)
+    planned = sorted(s for s in progress.steps if s >= 0)
     return {
         "dxf_task_id": task.id,
         "dxf_key": task.key,
@@ -61,14 +81,57 @@ def progress_fields(tm: TaskManager, task_id: int, node: str) -> dict[str, Any]:
         # ``current``/``total`` are the names progress-bar tools look for.
         "current": done,
         "total": total,
+        # Step k of n: n counts the steps planned so far (a task type decides its next step late).
+        "step_index": planned.index(step) + 1 if step in planned else 0,
+        "step_count": len(planned),
+        "rows": progress.steps[step].row_count if step in progress.steps else 0,
+        "bytes": progress.steps[step].bytes if step in progress.steps else 0,
+    }
+
+
+def progress_meta(fields: dict[str, Any]) -> dict[str, Any]:
+    """The ``PROGRESS`` meta (and ``result`` text) of an executor from its event fields.
+
+    How far comes first: Flower's table cuts the result text short.
+    """
+    return {
+        "subtasks_done": fields["subtasks_done"],
+        "subtasks_total": fields["subtasks_total"],
+        "subtasks_running": fields["subtasks_running"],
+        "step": fields["dxf_step"],
+        "step_index": fields["step_index"],
+        "step_count": fields["step_count"],
+        "rows": fields["rows"],
+        "bytes": fields["bytes"],
+        "node_subtasks": fields.get("node_subtasks", 0),
+        "state": fields["dxf_state"],
+        "task": fields["dxf_task_id"],
+        "key": fields["dxf_key"],
+        "node": fields["node"],
     }
 
 
 class ProgressReporter:
-    """Sends one ``task-progress`` event every ``interval`` seconds while the executor runs."""
+    """Every ``interval`` seconds while the executor runs: a ``task-progress`` event and/or the ``PROGRESS`` state.
+
+    ``send_events`` sends the events; ``store`` (given only when a result backend is
+    configured) writes ``PROGRESS`` with the meta, at most every :data:`MIN_STORE_INTERVAL`
+    seconds and only when the figures changed. ``node_subtasks`` counts the subtasks this
+    executor finished so far.
+    """
 
     def __init__(
-        self, app: Celery, tm: TaskManager, *, celery_id: str, hostname: str, task_id: int, interval: float
+        self,
+        app: Celery,
+        tm: TaskManager,
+        *,
+        celery_id: str,
+        hostname: str,
+        task_id: int,
+        interval: float,
+        send_events: bool = True,
+        store: Callable[[str, dict[str, Any]], None] | None = None,
+        node_subtasks: Callable[[], int] | None = None,
     ) -> None:
         self.app = app
         self.tm = tm
@@ -76,9 +139,14 @@ class ProgressReporter:
         self.hostname = hostname
         self.task_id = task_id
         self.interval = interval
+        self.send_events = send_events
+        self.store = store
+        self.node_subtasks = node_subtasks
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"dxf-progress-{task_id}", daemon=True)
         self._last: dict[str, Any] | None = None
+        self._last_stored: dict[str, Any] | None = None
+        self._stored_at = float("-inf")
 
     def start(self) -> ProgressReporter:
         self._thread.start()
@@ -87,23 +155,38 @@ class ProgressReporter:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
-        self._send()  # the final figures
+        self._send(final=True)  # the final figures
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
             self._send()
 
-    def _send(self) -> None:
+    def _send(self, final: bool = False) -> None:
         try:
             fields = progress_fields(self.tm, self.task_id, self.hostname)
         except Exception as err:
-            logger.debug("task %d: no progress event: %s", self.task_id, err)
+            logger.debug("task %d: no progress figures: %s", self.task_id, err)
             return
-        if fields == self._last:
+        if self.node_subtasks is not None:
+            fields["node_subtasks"] = self.node_subtasks()
+        meta = progress_meta(fields)
+        fields["result"] = saferepr(meta)
+        if self.send_events and fields != self._last:
+            self._last = fields
+            try:
+                with self.app.events.default_dispatcher(hostname=self.hostname) as dispatcher:
+                    dispatcher.send(PROGRESS_EVENT, uuid=self.celery_id, **fields)
+            except Exception as err:
+                logger.debug("task %d: sending a progress event failed: %s", self.task_id, err)
+        # The final figures are not stored: the executor's end state replaces PROGRESS at once.
+        if self.store is None or final or meta == self._last_stored:
             return
-        self._last = fields
+        now = time.monotonic()
+        if now - self._stored_at < MIN_STORE_INTERVAL:
+            return
+        self._stored_at = now
+        self._last_stored = meta
         try:
-            with self.app.events.default_dispatcher(hostname=self.hostname) as dispatcher:
-                dispatcher.send(PROGRESS_EVENT, uuid=self.celery_id, **fields)
+            self.store(PROGRESS_STATE, meta)
         except Exception as err:
-            logger.debug("task %d: sending a progress event failed: %s", self.task_id, err)
+            logger.debug("task %d: storing the PROGRESS state failed: %s", self.task_id, err)

@@ -29,6 +29,7 @@ from dxf_celery.proto import Task
 from dxf_celery.taskexecutor.param import Param
 from dxf_celery.worker.execution import DRAIN_SIGNAL, local_executions
 from dxf_celery.worker.names import EXECUTE_TASK
+from dxf_celery.worker.outcome import backend_configured
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -188,6 +189,7 @@ class CeleryLauncher:
         self.pool_kind = pool_kind
         self._events_enabled = events_enabled
         self.incarnation = incarnation
+        self._results = backend_configured(app)
 
     def launch(self, ctx: Context, task: Task, param: Param) -> CeleryRunningExecutor:
         celery_id = uuid.uuid4().hex
@@ -208,9 +210,10 @@ class CeleryLauncher:
                 routing_key=self.queue,
                 expires=self.launch_timeout,
                 shadow=execute_display_name(task),
-                argsrepr=f"(task={task.id}, key={task.key!r}, type={task.type!r}, step={task.step})",
+                argsrepr=f"(task={task.id}, key={task.key!r}, type={task.type!r})",
                 kwargsrepr="{}",
-                ignore_result=True,
+                # With a result backend the executor's outcome is stored (and PROGRESS meanwhile).
+                ignore_result=not self._results,
             )
         except Exception:
             tracker.forget(celery_id)
@@ -258,5 +261,10 @@ class CeleryLauncher:
 
 
 def execute_display_name(task: Task) -> str:
-    """The name Flower and the worker log show for an executor request."""
-    return f"dxf.execute[task={task.id} key={task.key} type={task.type} step={task.step}]"
+    """The name Flower and the worker log show for an executor request.
+
+    No step: one executor runs every step of its task that has subtasks on this node (as
+    DXF's does), so a step fixed at launch would go stale; the progress and the result say
+    which steps it ran.
+    """
+    return f"dxf.execute[task={task.id} key={task.key} type={task.type}]"

@@ -200,7 +200,11 @@ def test_execute_body_interrupts_step_code_that_ignores_its_context(
     (subtask,) = local_dxf.get_subtasks(task.id)
     # Cancel leaves the row for a re-run; cancelling the running subtask ends it canceled.
     assert subtask.state == (SubtaskState.CANCELED if subtask_only else SubtaskState.RUNNING)
-    assert result["cancelled"] == ("subtask" if subtask_only else "executor")
+    assert result["cancel_request"] == ("subtask" if subtask_only else "executor")
+    # The task still runs: stopped from outside, the executor was preempted; with only its
+    # subtask cancelled it went on and found nothing more to run.
+    assert result["ended"] == ("idle" if subtask_only else "preempted")
+    assert result["subtask_ends"] == ({"canceled": 1} if subtask_only else {"left": 1})
     assert local_executions.get("cid-1") is None
 
 

@@ -427,7 +427,7 @@ def test_executor_requests_are_readable_and_send_progress_events(e2e: E2E) -> No
     assert final["subtasks_total"] == 3 and final["dxf_key"] == "watch-me" and final["node"] == "w1@e2e"
     received = [e for e in list(captured) if e.get("type") == "task-received"]
     assert any(
-        str(e.get("name", "")).startswith(f"dxf.execute[task={task.id} key=watch-me type=e2e step=1]")
+        str(e.get("name", "")).startswith(f"dxf.execute[task={task.id} key=watch-me type=e2e]")
         and "watch-me" in str(e.get("args"))
         for e in received
     ), received

@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers.browser import chromium, free_port
 from helpers.celery_apps.brokers import fresh_broker
 from helpers.celery_apps.e2e import E2E, make_e2e
 from helpers.db import make_db_url
@@ -32,20 +32,12 @@ from dxf_celery.proto import SubtaskState, TaskState
 
 pytestmark = [pytest.mark.celery, pytest.mark.slow, pytest.mark.browser]
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
 ROOT = REPO_ROOT
 
 
 @pytest.fixture
 def e2e(tmp_path: Path) -> Iterator[E2E]:
     yield from make_e2e(tmp_path, fresh_broker("redis"), make_db_url("postgresql", tmp_path))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class DashboardProcess:
@@ -94,36 +86,8 @@ class DashboardProcess:
 
 @pytest.fixture
 def browser(tmp_path: Path) -> Iterator[Any]:
-    if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
-        pytest.fail(
-            "install Debian's chromium and chromium-driver (apt-get install chromium chromium-driver), "
-            "or deselect the browser tests with -m 'not browser'"
-        )
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--no-proxy-server",
-        "--window-size=1400,900",
-        f"--user-data-dir={tmp_path / 'chromium-profile'}",
-    ):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(
-        service=Service(CHROMEDRIVER, log_output=str(tmp_path / "chromedriver.log")), options=options
-    )
-    try:
+    with chromium(tmp_path) as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 def _metrics(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -159,7 +123,7 @@ def _text(driver: Any, css: str) -> str:
 def test_dashboard_follows_a_two_step_task_and_steers_it(e2e: E2E, browser: Any, tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
 
-    ports = {"w1@dash": _free_port(), "w2@dash": _free_port()}
+    ports = {"w1@dash": free_port(), "w2@dash": free_port()}
     for name, port in ports.items():
         e2e.procs.start_worker(name, concurrency=3, slots=2, extra_env={"DXF_E2E_METRICS_PORT": str(port)})
     e2e.procs.start_beat()

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -120,6 +121,30 @@ class CeleryProcesses:
 
     def start_beat(self, name: str = "beat") -> Proc:
         return self._spawn(name, ["beat", "-s", str(self.tmp / f"{name}-schedule"), "-l", "warning"])
+
+    def start_flower(
+        self, *, broker: str, port: int, result_backend: str | None = None, extra_args: tuple[str, ...] = ()
+    ) -> Proc:
+        """Flower on 127.0.0.1:``port`` (in-memory state, HTTP API open for the test); waits for its health check.
+
+        ``--broker`` (and ``--result-backend``) are Celery's global options, so Flower reads the
+        test's broker whatever the app module would pick.
+        """
+        options = [f"--broker={broker}"] + ([f"--result-backend={result_backend}"] if result_backend else [])
+        args = [*options, "flower", "--address=127.0.0.1", f"--port={port}", "--persistent=False", *extra_args]
+        proc = self._spawn("flower", args, {"FLOWER_UNAUTHENTICATED_API": "true"})
+
+        def healthy() -> bool:
+            if not proc.alive():
+                raise AssertionError(f"flower exited early:\n{proc.log_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthcheck", timeout=5) as response:
+                    return bool(response.status == 200)
+            except OSError:
+                return False
+
+        wait_until(healthy, 60, 0.1, what="flower to answer its health check")
+        return proc
 
     def stop(self, name: str, timeout: float = 30.0) -> None:
         """Warm shutdown (SIGTERM to the main process) and wait for the exit."""

@@ -27,6 +27,7 @@ from dxf_celery.proto import (
     EMPTY_META,
     NORMAL_PRIORITY,
     ExtraParams,
+    ManagedNode,
     Modification,
     ModificationType,
     ModifyParam,
@@ -72,7 +73,7 @@ def submit_task(
     _check_text("task key", key)
     _check_text("task type", task_type)
     _check_text("target_scope", target_scope)
-    task_id = tm.create_task(
+    created = tm.submit_new_task(
         key,
         task_type,
         concurrency,
@@ -82,8 +83,8 @@ def submit_task(
         meta=meta,
         priority=priority,
     )
-    task = tm.get_task_by_id_with_history(task_id)
-    reason = waiting_reason(tm, task, check_slots=False)
+    task = created.task
+    reason = reason_to_wait(task, created.nodes)  # the nodes as the insert's transaction saw them
     if reason is not None:
         logger.warning("task %d (%s) accepted, but %s", task.id, task.key, reason)
     return task
@@ -97,14 +98,26 @@ def waiting_reason(tm: TaskManager, task: Task, *, check_slots: bool = True) -> 
     ``check_slots`` also reports nodes too busy to take it (one aggregate over the live
     subtasks; submit skips it).
     """
-    # The scheduler's own rules, imported here: importing handle stays light (the
-    # scheduler package loads SQLAlchemy).
-    from dxf_celery.scheduler.nodes import filter_by_scope
-    from dxf_celery.scheduler.waiting import slot_wait_reason
+    from dxf_celery.scheduler.waiting import slot_wait_reason  # see reason_to_wait
 
     if task.state != TaskState.PENDING:
         return None
     nodes = tm.get_all_nodes()
+    reason = reason_to_wait(task, nodes)
+    if reason is None and check_slots:
+        return slot_wait_reason(tm, task, nodes)
+    return reason
+
+
+def reason_to_wait(task: Task, nodes: Sequence[ManagedNode]) -> str | None:
+    """The node-table part of :func:`waiting_reason`, for rows already read (submit reads them
+    in its own transaction); slots are not looked at."""
+    # The scheduler's own rules, imported here: importing handle stays light (the
+    # scheduler package loads SQLAlchemy).
+    from dxf_celery.scheduler.nodes import filter_by_scope
+
+    if task.state != TaskState.PENDING:
+        return None
     if not nodes:
         return "no worker node is registered: it waits until one starts"
     if task.target_scope and all(n.role != task.target_scope for n in nodes):
@@ -117,7 +130,7 @@ def waiting_reason(tm: TaskManager, task: Task, *, check_slots: bool = True) -> 
             f"no live worker{among} registered the task type {task.type!r}: start workers that import the "
             f"module registering it (a scheduler pass on a worker that does not know the type fails the task)"
         )
-    return slot_wait_reason(tm, task, nodes) if check_slots else None
+    return None
 
 
 def _check_text(what: str, value: object) -> None:

@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from dxf_celery.storage import TaskManager, utcnow
+from dxf_celery.storage import TaskManager
 from dxf_celery.storage import dashboard_reads as reads
 
 if TYPE_CHECKING:
@@ -87,7 +87,7 @@ class SQLCollector(Collector):
         yield rows
         yield size
 
-        now = utcnow()
+        now = tm.server_time()
         used = tm.get_used_slots_on_nodes()
         executors = reads.executors_by_node(tm)
         slots = GaugeMetricFamily("dxf_node_slots", "Slots of each registered node.", labels=["node", "role"])

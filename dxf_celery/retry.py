@@ -26,6 +26,13 @@ RETRY_SQL_TIMES = 30
 RETRY_SQL_INTERVAL = 3.0
 RETRY_SQL_MAX_INTERVAL = 30.0
 
+#: The executors' policy (``taskexecutor.Intervals``): the same ~14 minutes before giving up,
+#: but never more than 2 s between tries (the executor's check intervals), so work resumes
+#: within about one interval of the database coming back instead of up to 30 s later.
+RECOVERY_SQL_INTERVAL = 0.5
+RECOVERY_SQL_MAX_INTERVAL = 2.0
+RECOVERY_SQL_TIMES = 420
+
 
 @dataclass(frozen=True)
 class ExponentialBackoff:
@@ -107,6 +114,9 @@ def warn_misspelt_retry_hook(cls: type, *, right: str, wrong: str, side: str) ->
 
 
 __all__ = [
+    "RECOVERY_SQL_INTERVAL",
+    "RECOVERY_SQL_MAX_INTERVAL",
+    "RECOVERY_SQL_TIMES",
     "RETRY_SQL_INTERVAL",
     "RETRY_SQL_MAX_INTERVAL",
     "RETRY_SQL_TIMES",

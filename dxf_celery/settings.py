@@ -69,8 +69,10 @@ class DXFSettings:
     planning_max_retries: int = _SCHEDULER.planning_max_retries
     #: Cap of the pause between planning attempts (starts at the scheduler interval, doubles).
     planning_retry_max_interval: float = _SCHEDULER.planning_retry_max_interval
-    #: Seconds without heartbeat after which a node counts as dead and its subtasks move.
+    #: Seconds without heartbeat after which a node is suspect: no new work, its pending subtasks move.
     node_ttl: float = _SCHEDULER.node_ttl
+    #: Further seconds of silence after which a suspect node is lost and its running subtasks move.
+    node_lost_grace: float = _SCHEDULER.node_lost_grace
     #: Lifetime of the scheduler's database lease (a dead scheduler is replaced after it).
     lease_ttl: float = 5.0
     #: Days a finished task stays in the history tables (0 = forever); applied by the daily GC.
@@ -153,6 +155,8 @@ class DXFSettings:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise DXFConfigError(f"{PREFIX}{name} must be > 0 seconds, got {getattr(self, name)!r}")
+        if self.node_lost_grace < 0:
+            raise DXFConfigError(f"dxf_node_lost_grace must be >= 0 seconds, got {self.node_lost_grace!r}")
         if self.history_retention < 0:
             raise DXFConfigError(
                 f"dxf_history_retention must be >= 0 days (0 keeps history forever), got {self.history_retention!r}"

@@ -21,7 +21,7 @@ from dxf_celery.cli import render
 from dxf_celery.cli.runtime import Runtime, runtime, user_errors
 from dxf_celery.errors import TaskFailedError
 from dxf_celery.proto import DEFAULT_LIST_LIMIT, MAX_PRIORITY, MIN_PRIORITY, NORMAL_PRIORITY, Task, TaskState
-from dxf_celery.storage import safe_url, utcnow
+from dxf_celery.storage import safe_url
 from dxf_celery.storage.migrate import migrate as run_migrations
 from dxf_celery.storage.retention import purge_history
 
@@ -238,7 +238,7 @@ def nodes(ctx: click.Context, as_json: bool) -> None:
     if as_json:
         click.echo(render.to_json([render.node_to_dict(n, used.get(n.id, 0)) for n in all_nodes]))
         return
-    click.echo(render.node_table(all_nodes, used, utcnow()))
+    click.echo(render.node_table(all_nodes, used, tm.server_time()))
 
 
 @dxf.command()

@@ -20,7 +20,7 @@ from dxf_celery.proto import (
     Task,
     TaskState,
 )
-from dxf_celery.storage import TaskManager, utcnow
+from dxf_celery.storage import TaskManager
 from dxf_celery.storage import dashboard_reads as reads
 from dxf_celery.transitions import CANCELLABLE_TASK_STATES, MODIFIABLE_TASK_STATES, PAUSABLE_TASK_STATES
 
@@ -131,7 +131,7 @@ def task_doc(task: Task, stats: dict[int, reads.StepStats], now: datetime) -> di
 
 def tasks_view(tm: TaskManager, *, states: list[str] | None = None, limit: int = 100) -> dict[str, Any]:
     """``GET /api/tasks``: live tasks first, then finished ones from history."""
-    now = utcnow()
+    now = tm.server_time()
     tasks = tm.list_tasks(states or None, limit=limit)
     stats = reads.step_stats(tm, [t.id for t in tasks])
     return {"now": iso(now), "tasks": [task_doc(t, stats.get(t.id, {}), now) for t in tasks]}
@@ -191,7 +191,7 @@ def _timeline(task: Task, stats: dict[int, reads.StepStats], source: str) -> lis
 
 def task_detail_view(tm: TaskManager, key_or_id: str) -> dict[str, Any]:
     """``GET /api/tasks/<key or id>``: the task, its subtasks per step and node, slowest, failed, timeline."""
-    now = utcnow()
+    now = tm.server_time()
     task = find_task(tm, key_or_id)
     stats = reads.step_stats(tm, [task.id]).get(task.id, {})
     doc = task_doc(task, stats, now)
@@ -216,7 +216,7 @@ def task_detail_view(tm: TaskManager, key_or_id: str) -> dict[str, Any]:
 
 def nodes_view(tm: TaskManager, *, node_ttl: float | None = None) -> dict[str, Any]:
     """``GET /api/nodes``: each node's role, slots used/total, executors, heartbeat age; the lease holder."""
-    now = utcnow()
+    now = tm.server_time()
     nodes = tm.get_all_nodes()
     used = tm.get_used_slots_on_nodes()
     executors = reads.executors_by_node(tm)

@@ -1,9 +1,11 @@
 """The balancer: keeps each task's active subtasks spread evenly over live eligible nodes.
 
-It is also the failover path: subtasks of a node that was deleted (no heartbeat) or cut by
-``max_node_count`` move, running ones included, to the remaining nodes. Between live nodes
-only pending subtasks move, because a running one would be abandoned half done. Every move
-is guarded by the state read, so a subtask that started meanwhile stays where it is.
+It is also the failover path: subtasks of a node that was deleted (lost: no heartbeat for
+the TTL plus the lost grace) or cut by ``max_node_count`` move, running ones included, to the
+remaining nodes. A suspect node (silent past the TTL only) loses its pending subtasks but
+keeps its running ones, which it finishes if it comes back within the grace. Between live
+nodes only pending subtasks move, because a running one would be abandoned half done. Every
+move is guarded by the state read, so a subtask that started meanwhile stays where it is.
 """
 
 from __future__ import annotations
@@ -62,12 +64,16 @@ def plan_moves(
         kept[node] = len(keep)
     for node in adjusted:
         if node not in target:
-            if rem > 0:
-                target[node] = avg + 1
-                rem -= 1
-            else:
-                target[node] = avg
+            target[node] = avg
             kept[node] = 0
+    # The "+1" quotas left go to adjusted nodes in order (those holding nothing come first,
+    # as their target is still avg): every subtask must find a place.
+    for node in sorted(adjusted, key=lambda n: n in by_node):
+        if rem == 0:
+            break
+        if target[node] == avg:
+            target[node] = avg + 1
+            rem -= 1
     moved: list[SubtaskBase] = []
     for node in adjusted:
         while kept[node] < target[node] and to_move:
@@ -93,6 +99,7 @@ class Balancer:
         if not nodes:
             return 0
         live = {n.id for n in nodes}
+        suspect = {n.id for n in self._nodes.suspect_nodes()}
         used = {n.id: 0 for n in nodes}
         moved_total = 0
         for sched in schedulers:
@@ -104,7 +111,7 @@ class Balancer:
                 eligible = [n.id for n in filter_by_scope(nodes, task.target_scope)]
             if not eligible:
                 continue
-            active = self._tm.get_active_subtasks(task.id)
+            active = _movable(self._tm.get_active_subtasks(task.id), suspect)
             if not active:
                 continue
             moves, holding = plan_moves(task, active, eligible, used, self._slots.total_slots or _max_cpu(nodes))
@@ -115,6 +122,11 @@ class Balancer:
             for n in holding:
                 used[n] = used.get(n, 0) + task.concurrency
         return moved_total
+
+
+def _movable(active: Sequence[SubtaskBase], suspect: set[str]) -> list[SubtaskBase]:
+    """The subtasks the balancer may place: a suspect node's running ones stay its own."""
+    return [s for s in active if not (s.state == SubtaskState.RUNNING and s.exec_id in suspect)]
 
 
 def _max_cpu(nodes: Sequence[object]) -> int:

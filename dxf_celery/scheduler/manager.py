@@ -20,7 +20,7 @@ from datetime import timedelta
 from typing import TypeAlias
 
 from dxf_celery.context import Context
-from dxf_celery.errors import DXFError, TaskNotFoundError, UnknownTaskTypeError
+from dxf_celery.errors import DXFError, TaskNotFoundError, UnknownTaskTypeError, is_transient_error
 from dxf_celery.proto import ManagedNode, SubtaskState, TaskBase, TaskState
 from dxf_celery.retry import ExponentialBackoff
 from dxf_celery.scheduler.balancer import Balancer
@@ -106,6 +106,7 @@ class Manager:
         self._last_cleanup = -math.inf
         self._last_gc = -math.inf
         self._cleanup_due = True
+        self._unreachable = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -123,8 +124,10 @@ class Manager:
                 logger.warning("scheduler %s could not reach the lease: %s", self.owner_id, err)
                 held = False
             if not held:
+                self.node_manager.contact_lost()  # not watching the nodes: a grace when it takes over
                 self._drop_all()
                 return False
+            self.node_manager.contact_ok(self.intervals.node_ttl)
             self._run_pass()
             return True
 
@@ -170,6 +173,7 @@ class Manager:
     def _run_pass(self) -> None:
         iv = self.intervals
         now = time.monotonic()
+        self._unreachable = False
         self._guarded("node manager", self._maintain_nodes)
         self._guarded("scheduler manager", self._schedule_tasks)
         if now - self._last_balance >= iv.balance:
@@ -182,11 +186,16 @@ class Manager:
         if now - self._last_gc >= iv.gc_subtasks:
             self._last_gc = now
             self._guarded("subtask history gc", self._gc_subtasks)
+        if self._unreachable:
+            self.node_manager.contact_lost()
+        else:
+            self.node_manager.contact_ok(iv.node_ttl)
 
     def _guarded(self, what: str, fn: Callable[[], object]) -> None:
         try:
             fn()
         except DXFError as err:
+            self._unreachable = self._unreachable or is_transient_error(err)
             logger.warning("scheduler %s: %s failed: %s", self.owner_id, what, err)
         except Exception:
             logger.exception("scheduler %s: %s failed", self.owner_id, what)
@@ -206,8 +215,7 @@ class Manager:
                     )
 
     def _maintain_nodes(self) -> None:
-        self.node_manager.maintain_live_nodes(self.intervals.node_ttl)
-        self.node_manager.refresh_nodes()
+        self.node_manager.maintain_live_nodes(self.intervals.node_ttl, self.intervals.node_lost_grace)
 
     def _ranked_schedulers(self) -> list[Scheduler]:
         entries = sorted(self._schedulers.values(), key=lambda e: e.scheduler.get_task().rank_key())

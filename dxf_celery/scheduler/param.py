@@ -34,8 +34,11 @@ class SchedulerIntervals:
     schedule: float = 0.5
     #: Rebalance subtasks over live nodes.
     balance: float = 1.5
-    #: A node whose heartbeat is older than this is deleted and its subtasks move.
+    #: A node whose heartbeat is older than this is suspect: no new work, its pending subtasks move.
     node_ttl: float = 10.0
+    #: A suspect node silent this much longer is lost: deleted, its running subtasks move too
+    #: (a non-idempotent one then reverts its task). Covers frozen VMs and long pauses.
+    node_lost_grace: float = 60.0
     #: Move finished tasks to history (also on the pass after a task finishes).
     cleanup: float = 600.0
     #: Delete old subtask history.
@@ -57,7 +60,7 @@ class SchedulerIntervals:
     @classmethod
     def fast(cls) -> SchedulerIntervals:
         """Short intervals for tests and local clusters: everything happens within a second."""
-        return cls(schedule=0.05, balance=0.1, node_ttl=1.0, cleanup=0.5)
+        return cls(schedule=0.05, balance=0.1, node_ttl=1.0, node_lost_grace=1.0, cleanup=0.5)
 
 
 @dataclass

@@ -23,7 +23,7 @@ T = TypeVar("T")
 
 
 def utcnow() -> datetime:
-    """Naive UTC now: every timestamp column holds naive UTC."""
+    """This machine's naive-UTC now: for display only; what orders or judges uses :meth:`StorageBase.server_time`."""
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
@@ -48,6 +48,12 @@ class StorageBase:
     def _read(self, fn: Callable[[Connection], T]) -> T:
         with self._lock:
             return run_transaction(self.read_engine, self.url, fn)
+
+    def server_time(self) -> datetime:
+        """The database server's naive-UTC now (the one clock every stored time is stamped with)."""
+        from dxf_celery.storage.clock import read_server_now
+
+        return self._read(read_server_now)
 
     def dispose(self) -> None:
         """Close every pooled connection (call before forking or at shutdown)."""

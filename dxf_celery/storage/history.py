@@ -9,7 +9,8 @@ from datetime import timedelta
 from sqlalchemy import Connection, and_, delete, insert, or_, select, update
 
 from dxf_celery.proto import TASK_DONE_STATES, Task
-from dxf_celery.storage.base import StorageBase, utcnow
+from dxf_celery.storage.base import StorageBase
+from dxf_celery.storage.clock import read_server_now, server_now
 from dxf_celery.storage.rows import check_meta, values_of
 from dxf_celery.storage.tables import subtask_history_table, subtask_table, task_history_table, task_table
 
@@ -36,14 +37,13 @@ class History(StorageBase):
         sub_cols = [c.name for c in subtask_table.columns]
 
         def txn(conn: Connection) -> int:
-            now = utcnow()
             ids = [
                 task_id
                 for task_id, meta in metas.items()
                 if conn.execute(
                     update(task_table)
                     .where(task_table.c.id == task_id, task_table.c.state.in_(_DONE))
-                    .values(meta=meta, state_update_time=now)
+                    .values(meta=meta, state_update_time=server_now())
                 ).rowcount
                 > 0
             ]
@@ -66,11 +66,13 @@ class History(StorageBase):
 
     def gc_subtasks(self, keep_seconds: float = DEFAULT_SUBTASK_KEEP_SECONDS) -> int:
         """Delete subtask history rows last updated more than ``keep_seconds`` ago."""
-        cutoff = utcnow() - timedelta(seconds=keep_seconds)
-        stmt = delete(subtask_history_table).where(
-            or_(
-                subtask_history_table.c.state_update_time < cutoff,
-                and_(subtask_history_table.c.state_update_time.is_(None), subtask_history_table.c.create_time < cutoff),
+
+        def txn(conn: Connection) -> int:
+            cutoff = read_server_now(conn) - timedelta(seconds=keep_seconds)
+            sh = subtask_history_table.c
+            stmt = delete(subtask_history_table).where(
+                or_(sh.state_update_time < cutoff, and_(sh.state_update_time.is_(None), sh.create_time < cutoff))
             )
-        )
-        return int(self._write(lambda conn: conn.execute(stmt).rowcount))
+            return int(conn.execute(stmt).rowcount)
+
+        return self._write(txn)

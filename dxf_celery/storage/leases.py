@@ -7,7 +7,8 @@ from datetime import timedelta
 from sqlalchemy import Connection, delete, insert, or_, select, update
 from sqlalchemy import exc as sa_exc
 
-from dxf_celery.storage.base import StorageBase, utcnow
+from dxf_celery.storage.base import StorageBase
+from dxf_celery.storage.clock import read_server_now, server_now
 from dxf_celery.storage.tables import lease_table
 
 
@@ -15,11 +16,15 @@ class Leases(StorageBase):
     """``dxf_lease``: a guarded update (owner = me or expired) falling back to an insert."""
 
     def try_acquire_lease(self, name: str, owner: str, ttl_seconds: float) -> bool:
-        """Take or extend the lease ``name`` for ``ttl_seconds``; False while someone else holds it."""
-        now = utcnow()
-        expires = now + timedelta(seconds=ttl_seconds)
+        """Take or extend the lease ``name`` for ``ttl_seconds``; False while someone else holds it.
+
+        Expiry is judged and stamped on the database's clock, so holders on machines whose
+        clocks disagree cannot both believe they hold it.
+        """
 
         def txn(conn: Connection) -> bool:
+            now = read_server_now(conn)
+            expires = now + timedelta(seconds=ttl_seconds)
             result = conn.execute(
                 update(lease_table)
                 .where(lease_table.c.name == name, or_(lease_table.c.owner == owner, lease_table.c.expires_at < now))
@@ -43,5 +48,5 @@ class Leases(StorageBase):
 
     def get_lease_owner(self, name: str) -> str | None:
         """The current holder of a lease that has not expired, or None."""
-        stmt = select(lease_table.c.owner).where(lease_table.c.name == name, lease_table.c.expires_at >= utcnow())
+        stmt = select(lease_table.c.owner).where(lease_table.c.name == name, lease_table.c.expires_at >= server_now())
         return self._read(lambda conn: conn.execute(stmt).scalar())

@@ -5,14 +5,15 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, delete, insert, or_, select, update
+from sqlalchemy import ColumnElement, Connection, delete, insert, or_, select, update
 from sqlalchemy import exc as sa_exc
 
 from dxf_celery.proto import ManagedNode
-from dxf_celery.storage.base import StorageBase, utcnow
+from dxf_celery.storage.base import StorageBase
+from dxf_celery.storage.clock import read_server_now, server_now
 from dxf_celery.storage.tables import node_table
 
 
@@ -23,6 +24,15 @@ def cpu_count_of(conn: Connection, role: str | None) -> int | None:
         stmt = stmt.where(node_table.c.role == role)
     value = conn.execute(stmt).scalar()
     return int(value) if value is not None else None
+
+
+def node_of(r: Any) -> ManagedNode:
+    """A node row read back."""
+    return ManagedNode(r.host, r.role, r.cpu_count, r.heartbeat, task_types_of(r.task_types))
+
+
+def _silent_since(cutoff: datetime) -> ColumnElement[bool]:
+    return or_(node_table.c.heartbeat < cutoff, node_table.c.heartbeat.is_(None))
 
 
 class Nodes(StorageBase):
@@ -51,13 +61,14 @@ class Nodes(StorageBase):
         types = None if task_types is None else json.dumps(sorted(set(task_types)))
 
         def txn(conn: Connection) -> None:
-            now = utcnow()
-            values: dict[str, Any] = {"cpu_count": cpu, "heartbeat": now, "task_types": types}
+            values: dict[str, Any] = {"cpu_count": cpu, "heartbeat": server_now(), "task_types": types}
             if update_role:
                 values["role"] = role
             if conn.execute(update(node_table).where(node_table.c.host == exec_id).values(**values)).rowcount == 0:
                 conn.execute(
-                    insert(node_table).values(host=exec_id, role=role, cpu_count=cpu, heartbeat=now, task_types=types)
+                    insert(node_table).values(
+                        host=exec_id, role=role, cpu_count=cpu, heartbeat=server_now(), task_types=types
+                    )
                 )
 
         try:
@@ -68,28 +79,41 @@ class Nodes(StorageBase):
 
     def heartbeat(self, exec_id: str) -> bool:
         """Touch this node's heartbeat; False when its row is gone (it was deemed dead)."""
-        stmt = update(node_table).where(node_table.c.host == exec_id).values(heartbeat=utcnow())
+        stmt = update(node_table).where(node_table.c.host == exec_id).values(heartbeat=server_now())
         return bool(self._write(lambda conn: conn.execute(stmt).rowcount))
 
     def get_all_nodes(self) -> list[ManagedNode]:
         stmt = select(node_table).order_by(node_table.c.host)
-        return self._read(
-            lambda conn: [
-                ManagedNode(r.host, r.role, r.cpu_count, r.heartbeat, task_types_of(r.task_types))
-                for r in conn.execute(stmt)
-            ]
-        )
+        return self._read(lambda conn: [node_of(r) for r in conn.execute(stmt)])
+
+    def get_nodes_at_server_time(self) -> tuple[datetime, list[ManagedNode]]:
+        """Every node and the database's now, read together: heartbeats are judged on that clock."""
+        stmt = select(node_table).order_by(node_table.c.host)
+
+        def txn(conn: Connection) -> tuple[datetime, list[ManagedNode]]:
+            now = read_server_now(conn)
+            return now, [node_of(r) for r in conn.execute(stmt)]
+
+        return self._read(txn)
 
     def get_dead_nodes(self, ttl_seconds: float) -> list[str]:
-        """Nodes whose last heartbeat is older than ``ttl_seconds``."""
-        cutoff = utcnow() - timedelta(seconds=ttl_seconds)
-        stmt = select(node_table.c.host).where(or_(node_table.c.heartbeat < cutoff, node_table.c.heartbeat.is_(None)))
-        return self._read(lambda conn: sorted(r[0] for r in conn.execute(stmt)))
+        """Nodes whose last heartbeat is older than ``ttl_seconds`` on the database's clock."""
 
-    def delete_dead_nodes(self, exec_ids: Sequence[str]) -> int:
+        def txn(conn: Connection) -> list[str]:
+            cutoff = read_server_now(conn) - timedelta(seconds=ttl_seconds)
+            stmt = select(node_table.c.host).where(_silent_since(cutoff))
+            return sorted(r[0] for r in conn.execute(stmt))
+
+        return self._read(txn)
+
+    def delete_dead_nodes(self, exec_ids: Sequence[str], *, silent_since: datetime | None = None) -> int:
+        """Delete the nodes ``exec_ids``; with ``silent_since``, only those whose heartbeat is
+        still older than it (a node that heartbeated since it was judged stays)."""
         if not exec_ids:
             return 0
         stmt = delete(node_table).where(node_table.c.host.in_(list(exec_ids)))
+        if silent_since is not None:
+            stmt = stmt.where(_silent_since(silent_since))
         return int(self._write(lambda conn: conn.execute(stmt).rowcount))
 
     def delete_node(self, exec_id: str) -> bool:

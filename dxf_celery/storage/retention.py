@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import Connection, and_, delete, func, select
 
-from dxf_celery.storage import TaskManager, utcnow
+from dxf_celery.storage import TaskManager
 from dxf_celery.storage.engine import run_transaction
 from dxf_celery.storage.tables import subtask_history_table, task_history_table, task_table
 
@@ -44,7 +44,7 @@ def purge_history(
         raise ValueError(f"older_than must be >= 0, got {older_than}")
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
-    cutoff = (now or utcnow()) - older_than
+    cutoff = (now or tm.server_time()) - older_than
     th, sh = task_history_table.c, subtask_history_table.c
     finished = func.coalesce(th.end_time, th.state_update_time, th.create_time)
     tasks = subtasks = 0

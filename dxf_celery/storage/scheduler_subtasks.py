@@ -11,7 +11,8 @@ from sqlalchemy import Connection, Select, Table, func, select, tuple_, update
 
 from dxf_celery.errors import SubtaskNotFoundError
 from dxf_celery.proto import StoredError, Subtask, SubtaskBase, SubtaskState, TaskBase
-from dxf_celery.storage.base import StorageBase, utcnow
+from dxf_celery.storage.base import StorageBase
+from dxf_celery.storage.clock import server_now
 from dxf_celery.storage.rows import (
     ACTIVE,
     SUBTASK_BASE_COLUMNS,
@@ -130,7 +131,7 @@ class SchedulerSubtasks(StorageBase):
         stmt = (
             update(subtask_table)
             .where(subtask_table.c.task_id == task_id, subtask_table.c.state == SubtaskState.PAUSED.value)
-            .values(state=SubtaskState.PENDING.value, error=None, state_update_time=utcnow())
+            .values(state=SubtaskState.PENDING.value, error=None, state_update_time=server_now())
         )
         return int(self._write(lambda conn: conn.execute(stmt).rowcount))
 

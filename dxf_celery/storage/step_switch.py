@@ -16,13 +16,17 @@ from sqlalchemy import exc as sa_exc
 
 from dxf_celery.errors import InvalidTaskError, UnstableSubtasksError
 from dxf_celery.proto import Subtask, SubtaskState, Task, TaskBase, TaskState
-from dxf_celery.storage.base import StorageBase, utcnow
+from dxf_celery.storage.base import StorageBase
+from dxf_celery.storage.clock import server_now
 from dxf_celery.storage.rows import NO_CHECKPOINT, check_meta
 from dxf_celery.storage.tables import subtask_table, task_table
 from dxf_celery.storage.task_transitions import move_task
 from dxf_celery.transitions import Verb
 
 logger = logging.getLogger(__name__)
+
+#: Subtask rows are stamped by the database clock (one for the whole statement's rows).
+_INSERT_SUBTASKS = insert(subtask_table).values(create_time=server_now())
 
 #: A batched step switch inserts at most this many bytes of subtask meta per transaction.
 MAX_SUBTASK_BATCH_BYTES = 16 * 1024 * 1024
@@ -34,7 +38,6 @@ def _subtask_rows(task: TaskBase, step: int, subtasks: Sequence[Subtask]) -> lis
         raise InvalidTaskError(
             f"subtask ordinals of task {task.id} step {step} repeat; number them 1..n, one per subtask"
         )
-    now = utcnow()
     return [
         {
             "task_id": task.id,
@@ -47,7 +50,6 @@ def _subtask_rows(task: TaskBase, step: int, subtasks: Sequence[Subtask]) -> lis
             "meta": check_meta(s.meta, "subtask meta"),
             "summary": "{}",
             "checkpoint": NO_CHECKPOINT,
-            "create_time": now,
         }
         for s in subtasks
     ]
@@ -56,7 +58,7 @@ def _subtask_rows(task: TaskBase, step: int, subtasks: Sequence[Subtask]) -> lis
 def _switch_task(conn: Connection, task: Task, next_state: TaskState, next_step: int) -> bool:
     values: dict[str, Any] = {"step": next_step, "meta": check_meta(task.meta)}
     if task.state == TaskState.PENDING:
-        values["start_time"] = utcnow()
+        values["start_time"] = server_now()
     return move_task(
         conn,
         Verb.SWITCH_STEP,
@@ -80,7 +82,7 @@ class StepSwitch(StorageBase):
             if not _switch_task(conn, task, next_state, next_step):
                 return False
             if rows:
-                conn.execute(insert(subtask_table), rows)
+                conn.execute(_INSERT_SUBTASKS, rows)
             return True
 
         try:
@@ -117,7 +119,7 @@ class StepSwitch(StorageBase):
                 end += 1
             batch = rows[pos:end]
             try:
-                self._write(lambda conn, b=batch: conn.execute(insert(subtask_table), b))  # type: ignore[misc]
+                self._write(lambda conn, b=batch: conn.execute(_INSERT_SUBTASKS, b))  # type: ignore[misc]
                 pos = end
             except sa_exc.IntegrityError:
                 # A concurrent scheduler inserted some of them: skip what exists now.

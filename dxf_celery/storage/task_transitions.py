@@ -23,7 +23,8 @@ from dxf_celery.proto import (
     TaskState,
     serialize_error,
 )
-from dxf_celery.storage.base import StorageBase, utcnow
+from dxf_celery.storage.base import StorageBase
+from dxf_celery.storage.clock import server_now
 from dxf_celery.storage.rows import check_meta, values_of
 from dxf_celery.storage.tables import subtask_table, task_table
 from dxf_celery.transitions import MODIFIABLE_TASK_STATES, TRANSITIONS, Verb
@@ -53,10 +54,9 @@ def move_task(
     target = t.to_state if to_state is None else to_state
     if not froms or target is None or target not in t.targets():
         return False
-    now = utcnow()
-    row: dict[str, Any] = {"state": target.value, "state_update_time": now}
+    row: dict[str, Any] = {"state": target.value, "state_update_time": server_now()}
     if target in TASK_DONE_STATES:
-        row["end_time"] = now
+        row["end_time"] = server_now()
     row.update(values or {})
     stmt = (
         update(task_table)
@@ -105,7 +105,7 @@ class TaskTransitions(StorageBase):
                     subtask_table.c.step == row.step,
                     subtask_table.c.state.in_(_RETRYABLE_SUBTASK_STATES),
                 )
-                .values(state=SubtaskState.PENDING.value, error=None, state_update_time=utcnow(), end_time=None)
+                .values(state=SubtaskState.PENDING.value, error=None, state_update_time=server_now(), end_time=None)
             )
             return move_task(conn, Verb.RESOLVE, task_id, values={"error": None})
 
@@ -169,7 +169,7 @@ class TaskTransitions(StorageBase):
             conn.execute(
                 update(subtask_table)
                 .where(subtask_table.c.task_id == task.id, subtask_table.c.state.in_(_LIVE_SUBTASK_STATES))
-                .values(concurrency=task.concurrency, state_update_time=utcnow())
+                .values(concurrency=task.concurrency, state_update_time=server_now())
             )
             return True
 

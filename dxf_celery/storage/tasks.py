@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Select, Table, case, func, insert, literal, select, union_all
+from sqlalchemy import Connection, Select, Table, case, func, literal, select, union_all
 from sqlalchemy import exc as sa_exc
 
 from dxf_celery.errors import InvalidTaskError, TaskAlreadyExistsError, TaskNotFoundError
@@ -24,8 +24,7 @@ from dxf_celery.proto import (
     TaskState,
     validate_priority,
 )
-from dxf_celery.storage.base import StorageBase, utcnow
-from dxf_celery.storage.nodes import cpu_count_of
+from dxf_celery.storage.base import StorageBase
 from dxf_celery.storage.rows import (
     ACTIVE,
     TASK_BASE_COLUMNS,
@@ -34,6 +33,7 @@ from dxf_celery.storage.rows import (
     task_from_row,
     values_of,
 )
+from dxf_celery.storage.submit import CreatedTask, insert_task
 from dxf_celery.storage.tables import subtask_table, task_history_table, task_table
 
 #: Longest task key the table holds.
@@ -76,7 +76,7 @@ def _validate_new_task(key: str, task_type: str, concurrency: int, target_scope:
 class TaskReads(StorageBase):
     """Create a task; read tasks one at a time, by state, in rank order, or for a node."""
 
-    def create_task(
+    def submit_new_task(
         self,
         key: str,
         task_type: str,
@@ -87,11 +87,14 @@ class TaskReads(StorageBase):
         extra_params: ExtraParams | None = None,
         meta: bytes = EMPTY_META,
         priority: int = NORMAL_PRIORITY,
-    ) -> int:
-        """Insert a pending task and return its id.
+    ) -> CreatedTask:
+        """Insert a pending task; return it as stored, with what the node table said.
 
-        With no node registered the task is accepted and waits, because queue users submit
-        while workers are down; with nodes, ``concurrency`` must fit one node's CPU count.
+        One transaction of two statements (one check, one ``INSERT .. RETURNING``), because
+        submit is the hot path of queue users. ``create_time`` is the database's clock: it
+        breaks rank ties, and client clocks disagree. With no node registered the task is
+        accepted and waits, because queue users submit while workers are down; with nodes,
+        ``concurrency`` must fit one node's CPU count.
         """
         _validate_new_task(key, task_type, concurrency, target_scope, max_node_count)
         try:
@@ -104,43 +107,47 @@ class TaskReads(StorageBase):
                 f"extra_params must be a dxf_celery.proto.ExtraParams, got {type(extra_params).__name__}"
             )
         params = extra_params or ExtraParams()
-
-        def txn(conn: Connection) -> int:
-            cpu = cpu_count_of(conn, None)
-            if cpu is not None and concurrency > cpu:
-                raise InvalidTaskError(
-                    f"task concurrency {concurrency} is larger than the CPU slots ({cpu}) of the registered nodes; "
-                    f"lower concurrency or give the nodes more slots (dxf_node_slots)"
-                )
-            if conn.execute(select(task_history_table.c.id).where(task_history_table.c.task_key == key)).first():
-                raise TaskAlreadyExistsError(
-                    f"task key {key!r} was used by a finished task (in history); pick a new key"
-                )
-            now = utcnow()
-            result = conn.execute(
-                insert(task_table).values(
-                    task_key=key,
-                    type=task_type,
-                    state=TaskState.PENDING.value,
-                    step=STEP_INIT,
-                    priority=priority,
-                    concurrency=concurrency,
-                    target_scope=target_scope,
-                    max_node_count=max_node_count,
-                    extra_params=params.to_json(),
-                    meta=meta,
-                    create_time=now,
-                    state_update_time=now,
-                )
-            )
-            pk = result.inserted_primary_key
-            assert pk is not None
-            return int(pk[0])
-
+        values: dict[str, Any] = {
+            "task_key": key,
+            "type": task_type,
+            "state": TaskState.PENDING.value,
+            "step": STEP_INIT,
+            "priority": priority,
+            "concurrency": concurrency,
+            "target_scope": target_scope,
+            "max_node_count": max_node_count,
+            "extra_params": params.to_json(),
+            "meta": meta,
+        }
         try:
-            return self._write(txn)
+            return self._write(lambda conn: insert_task(conn, values))
         except sa_exc.IntegrityError:
             raise TaskAlreadyExistsError(f"task key {key!r} exists already; pick a new key") from None
+
+    def create_task(
+        self,
+        key: str,
+        task_type: str,
+        concurrency: int,
+        *,
+        target_scope: str = "",
+        max_node_count: int = 0,
+        extra_params: ExtraParams | None = None,
+        meta: bytes = EMPTY_META,
+        priority: int = NORMAL_PRIORITY,
+    ) -> int:
+        """Insert a pending task and return its id (see :meth:`submit_new_task`)."""
+        created = self.submit_new_task(
+            key,
+            task_type,
+            concurrency,
+            target_scope=target_scope,
+            max_node_count=max_node_count,
+            extra_params=extra_params,
+            meta=meta,
+            priority=priority,
+        )
+        return created.task.id
 
     def _get_one_task(self, where: _Where, *, with_history: bool) -> Task:
         tables = (task_table, task_history_table) if with_history else (task_table,)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from dxf_celery.errors import DXFError
 from dxf_celery.proto import NodeResource, Task
-from dxf_celery.retry import RETRY_SQL_INTERVAL, RETRY_SQL_MAX_INTERVAL, RETRY_SQL_TIMES, ExponentialBackoff
+from dxf_celery.retry import RECOVERY_SQL_INTERVAL, RECOVERY_SQL_MAX_INTERVAL, RECOVERY_SQL_TIMES, ExponentialBackoff
 from dxf_celery.taskexecutor.interfaces import TaskTable
 from dxf_celery.taskexecutor.slots import SlotManager
 
@@ -31,7 +31,7 @@ class InvalidSettingError(DXFError, ValueError):
 
 @dataclass(frozen=True)
 class Intervals:
-    """All executor-side periods, in seconds; the defaults are DXF's."""
+    """All executor-side periods, in seconds; the defaults are DXF's except the SQL retry pause."""
 
     task_check: float = TASK_CHECK_INTERVAL
     subtask_check: float = SUBTASK_CHECK_INTERVAL
@@ -51,9 +51,11 @@ class Intervals:
     #: (re-checks ownership at once; see :mod:`.fencing`); the worker sets half the node TTL.
     fence_after: float = 5.0
     recover_meta: float = 90.0
-    sql_retry_times: int = RETRY_SQL_TIMES
-    sql_retry_base: float = RETRY_SQL_INTERVAL
-    sql_retry_max: float = RETRY_SQL_MAX_INTERVAL
+    #: SQL retries: DXF gives up after ~14 minutes, as here, but its pause grows to 30 s; this
+    #: one stays near the check intervals so an executor resumes about one interval after an outage.
+    sql_retry_times: int = RECOVERY_SQL_TIMES
+    sql_retry_base: float = RECOVERY_SQL_INTERVAL
+    sql_retry_max: float = RECOVERY_SQL_MAX_INTERVAL
 
     def __post_init__(self) -> None:
         for name in (

@@ -15,8 +15,8 @@ class InvalidSlotCountError(DXFError, ValueError):
 class SlotManager:
     """Tracks the slots held by each running executor of a node; thread-safe.
 
-    A task holds ``concurrency`` slots. Tasks are kept in rank order so that a higher-ranked
-    task can name the lowest-ranked executors it would need to preempt.
+    A task holds ``concurrency`` slots. Tasks are kept in rank order so that a task of higher
+    priority can name the lowest-ranked executors it would need to preempt.
     """
 
     def __init__(self, total_slots: int) -> None:
@@ -57,9 +57,11 @@ class SlotManager:
             return True, []
         victims: list[TaskBase] = []
         freed = 0
-        # Walk from the lowest rank upwards; never preempt a task ranked above the newcomer.
+        # Walk from the lowest rank upwards. Only a strictly higher priority preempts: among
+        # equal priorities the rank tie-break (create_time, id) decides who starts first, never
+        # who is stopped, so a burst of equal-priority submits cannot preempt each other.
         for held in sorted(self._tasks.values(), key=TaskBase.rank_key, reverse=True):
-            if held.compare(task) <= 0:
+            if held.priority <= task.priority:
                 break
             victims.append(held)
             freed += held.concurrency

@@ -129,6 +129,7 @@ class DXFState:
             node_ttl=s.node_ttl,
             planning_max_retries=s.planning_max_retries,
             planning_retry_max_interval=s.planning_retry_max_interval,
+            node_lost_grace=s.node_lost_grace,
             history_keep_seconds=s.history_retention * 86400.0 if s.history_retention > 0 else None,
         )
 

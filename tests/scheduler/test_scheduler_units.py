@@ -92,6 +92,14 @@ def test_balance_moves_everything_off_dead_nodes() -> None:
     assert Counter(m.exec_id for m in moves) == Counter({"a": 1, "b": 1})
 
 
+def test_balance_places_every_subtask_of_a_gone_node_when_the_live_ones_hold_exactly_avg() -> None:
+    """5 subtasks on 2 live nodes (2 + 2) and 1 off-node: the remainder quota must take it."""
+    active = _subs(("a", "pending"), ("a", "pending"), ("b", "pending"), ("b", "pending"), ("gone", "pending"))
+    moves, holding = plan_moves(_task(1), active, ["a", "b"], {}, 8)
+    assert [(m.id, m.exec_id) for m in moves] == [(5, "a")]
+    assert holding == ["a", "b"]
+
+
 def test_balance_never_moves_running_between_live_nodes() -> None:
     active = _subs(("a", "running"), ("a", "running"), ("a", "running"))
     moves, _ = plan_moves(_task(1), active, ["a", "b", "c"], {}, 8)

@@ -108,3 +108,19 @@ def test_transient_errors_are_told_from_the_dxf_errors_alone(err: BaseException,
     assert is_transient_error(err) is transient
     # The storage-side classifier agrees on every error the TaskManager lets out.
     assert storage_is_transient_error(err) is transient
+
+
+def test_executor_policy_resumes_within_an_interval_but_gives_up_as_late_as_dxf() -> None:
+    """After an outage an executor's next try is never further off than its own check
+    intervals (DXF's 3 -> 6 -> 12 -> 24 s made work resume ~15 s late after 30 s down),
+    while the whole budget stays DXF's ~14 minutes, for the writes that must not give up."""
+    from dxf_celery.retry import RETRY_SQL_TIMES
+    from dxf_celery.taskexecutor import Intervals
+
+    iv = Intervals()
+    backoff = iv.sql_backoff()
+    pauses = [backoff.delay(i) for i in range(iv.sql_retry_times - 1)]
+    longest_check = max(iv.check_balance, iv.max_subtask_check, iv.heartbeat)
+    assert max(pauses) <= longest_check
+    dxf = ExponentialBackoff()
+    assert sum(pauses) >= sum(dxf.delay(i) for i in range(RETRY_SQL_TIMES - 1))

@@ -8,9 +8,8 @@ non-idempotent subtask runs twice, no subtask succeeds twice. Scenarios h to j p
 other promises (a killed node's non-idempotent task reverts, never runs twice; a garbage
 planner reverts its task; tasks nobody can run hold no slots).
 
-A scenario that fails today because its fix has not landed is ``xfail(strict=True)`` with
-what fails: when the fix lands the test passes, strict turns that into a failure, and the
-mark must go. The figures of each run are printed (``pytest -m fault -s`` shows them).
+The figures of each run are printed (``pytest -m fault -s`` shows them); the closing note of
+issue 9 gives them next to what the same scenarios did before the fixes.
 """
 
 from __future__ import annotations
@@ -132,12 +131,6 @@ def test_b_preemption_by_a_higher_priority_task_on_a_two_slot_node(make_cluster:
 # ---------------------------------------------------------------------- c) equal priorities
 
 
-@pytest.mark.xfail(
-    strict=False,  # racy today (failed 8 of 11 runs): make it strict when the fix lands, then drop the mark
-    reason="issue 9: create_time is each client's clock read before the insert, so equal-priority tasks preempt "
-    "each other: 1 non-idempotent task reverted (NonIdempotentSubtaskError) and/or 1-3 idempotent tasks re-ran "
-    "a subtask",
-)
 def test_c_fifty_equal_priority_tasks_from_ten_threads(make_cluster: MakeCluster) -> None:
     cluster = _three_nodes(make_cluster)
     tasks = cluster.submit_from_threads(50, 10, subtasks=3, sleep=0.05)
@@ -151,12 +144,6 @@ def test_c_fifty_equal_priority_tasks_from_ten_threads(make_cluster: MakeCluster
 # ---------------------------------------------------------------------- d) database outage
 
 
-@pytest.mark.xfail(
-    strict=False,  # racy today (1 s: failed 7 of 9 runs, 3 s: 6 of 9): make it strict when the fix lands
-    reason="issue 9: the first pass after the outage deletes the live nodes as dead and moves their running "
-    "subtasks: the non-idempotent task reverts (NonIdempotentSubtaskError; 9-24 executions, 24-39 of 48 never ran) "
-    "and/or 1-2 idempotent subtasks succeed twice",
-)
 @pytest.mark.parametrize("heartbeat", [1.0, 3.0], ids=["heartbeat-1s", "heartbeat-3s"])
 def test_d_postgresql_down_for_30_s(make_cluster: MakeCluster, heartbeat: float) -> None:
     cluster = _three_nodes(make_cluster, {"dxf_heartbeat_interval": heartbeat, LOST_GRACE_SETTING: 120.0})
@@ -174,11 +161,6 @@ def test_d_postgresql_down_for_30_s(make_cluster: MakeCluster, heartbeat: float)
 # ---------------------------------------------------------------------- e) frozen worker
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 9: a node past the TTL is deleted at once (no lost grace): its running non-idempotent subtask "
-    "reverts the task (NonIdempotentSubtaskError; 24 executions, 24 of 48 never ran)",
-)
 def test_e_worker_frozen_past_the_ttl_within_the_grace(make_cluster: MakeCluster) -> None:
     cluster = _three_nodes(make_cluster, {LOST_GRACE_SETTING: 90.0})
     tasks = cluster.submit_pair("frozen", subtasks=SUBTASKS, sleep=SLEEP)

@@ -317,6 +317,29 @@ class Subtask(SubtaskBase):
 
 
 @dataclass
+class SubtaskClaim:
+    """A subtask a node just moved to ``running``, with its task's cheap fingerprint.
+
+    The fingerprint lets the executor skip a task read per subtask: every task transition
+    (a modification included) rewrites ``state_update_time``.
+    """
+
+    subtask: Subtask
+    task_state: TaskState
+    task_concurrency: int
+    task_stamp: datetime | None
+
+
+@dataclass
+class SubtaskFinish:
+    """A subtask that succeeded: its (possibly rewritten) meta and its final summary."""
+
+    subtask_id: int
+    meta: bytes
+    summary: str | None = None
+
+
+@dataclass
 class TaskExecInfo:
     """A task that has runnable subtasks on some node, with the concurrency they ask for."""
 

@@ -158,7 +158,8 @@ def is_transient_error(err: BaseException) -> bool:
     return is_transient_dxf_error(err)
 
 
-def _is_deadlock(err: sa_exc.DBAPIError) -> bool:
+def is_deadlock(err: sa_exc.DBAPIError) -> bool:
+    """A deadlock, serialization failure or lock timeout: the transaction may simply be replayed."""
     text = str(err.orig).lower()
     return any(m in text for m in _DEADLOCK_MARKERS)
 
@@ -223,7 +224,7 @@ def run_transaction(engine: Engine, url: str, fn: Callable[[Connection], T]) -> 
                 return fn(conn)
         except StorageUnavailableError as err:
             cause = err.__cause__
-            if isinstance(cause, sa_exc.DBAPIError) and _is_deadlock(cause) and attempt < DEADLOCK_RETRIES - 1:
+            if isinstance(cause, sa_exc.DBAPIError) and is_deadlock(cause) and attempt < DEADLOCK_RETRIES - 1:
                 time.sleep(delay)
                 delay = min(delay * 2, 0.5)
                 continue

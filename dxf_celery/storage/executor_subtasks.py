@@ -15,6 +15,7 @@ from sqlalchemy import Connection, func, select, update
 from dxf_celery.errors import SubtaskNotFoundError
 from dxf_celery.proto import Subtask, SubtaskBase, SubtaskState, serialize_error
 from dxf_celery.storage.base import StorageBase, utcnow
+from dxf_celery.storage.claims import SubtaskClaims
 from dxf_celery.storage.rows import ACTIVE, check_meta, dump_checkpoint, load_checkpoint, subtask_from_row, values_of
 from dxf_celery.storage.tables import subtask_table
 
@@ -23,6 +24,10 @@ _END_STATES = (SubtaskState.SUCCEED, SubtaskState.FAILED, SubtaskState.CANCELED)
 
 class ExecutorSubtasks(StorageBase):
     """DXF's ``TaskTable`` subtask calls (see ``taskexecutor.interfaces.TaskTable``)."""
+
+    def subtask_claims(self, exec_id: str, task_id: int) -> SubtaskClaims:
+        """The claim/finish protocol of one executor, on a connection it holds (close it when done)."""
+        return SubtaskClaims(self, exec_id, task_id)
 
     def get_subtasks_by_exec_id_and_step_and_states(
         self, exec_id: str, task_id: int, step: int, *states: SubtaskState | str

@@ -7,11 +7,35 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from dxf_celery.context import Context
-from dxf_celery.proto import Subtask, SubtaskBase, SubtaskState, Task, TaskBase, TaskExecInfo, TaskState
+from dxf_celery.proto import (
+    Subtask,
+    SubtaskBase,
+    SubtaskClaim,
+    SubtaskFinish,
+    SubtaskState,
+    Task,
+    TaskBase,
+    TaskExecInfo,
+    TaskState,
+)
 from dxf_celery.retry import warn_misspelt_retry_hook
 
 if TYPE_CHECKING:
     from dxf_celery.taskexecutor.execute import StepExecutor
+
+
+class SubtaskClaims(Protocol):
+    """One executor's claim protocol (``storage.claims.SubtaskClaims``): few round trips per subtask."""
+
+    def claim(self, step: int) -> SubtaskClaim | None:
+        """Start the lowest pending subtask of ``step`` on this node while the task is runnable."""
+        ...
+
+    def finish_and_claim(self, finish: SubtaskFinish | None, step: int | None) -> SubtaskClaim | None:
+        """Record ``finish`` (succeeded) and claim the next subtask of ``step`` (None: claim nothing)."""
+        ...
+
+    def close(self) -> None: ...
 
 
 class TaskTable(Protocol):
@@ -44,6 +68,8 @@ class TaskTable(Protocol):
     def heartbeat(self, exec_id: str) -> bool: ...
 
     def start_subtask(self, subtask_id: int, exec_id: str) -> None: ...
+
+    def subtask_claims(self, exec_id: str, task_id: int) -> SubtaskClaims: ...
 
     def update_subtask_state_and_error(
         self, exec_id: str, subtask_id: int, state: SubtaskState, err: BaseException | None

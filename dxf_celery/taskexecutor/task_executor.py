@@ -1,4 +1,9 @@
-"""BaseTaskExecutor: DXF's per-task loop on one node, with a watcher thread per running subtask.
+"""BaseTaskExecutor: DXF's per-task loop on one node, with one watcher thread per executor.
+
+The task is read only when the loop wakes up; then subtasks run back to back, each finish
+written with the next claim (``_finish_and_claim``: the one place a subtask is claimed),
+which is guarded by the task's state and step and returns its fingerprint. What a
+subtask's end means is decided in one place (``_record_outcome``).
 
 Context tree (cancelling a level cancels everything below it)::
 
@@ -6,17 +11,15 @@ Context tree (cancelling a level cancels everything below it)::
     └── executor ctx        cancel(): pause, preemption, shutdown - rows untouched
         └── step ctx        cancel_running_subtask(): cause CancelSubtaskError - row ends canceled
             └── subtask ctx cancelled when the subtask was moved to another node - row untouched
-                └── check ctx   stops the watcher thread when the subtask returns
 
 Cancelling is cooperative; step code still running ``cancel_grace`` seconds after its
-subtask ctx was cancelled is interrupted by the watcher (:mod:`.interrupt`).
+subtask ctx was cancelled is interrupted by the watcher (:mod:`.interrupt`, :mod:`.watcher`).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -26,21 +29,22 @@ from dxf_celery.errors import (
     DXFError,
     ExecutorCancelledError,
     NonIdempotentSubtaskError,
-    SubtaskNotFoundError,
     SubtaskNotStartedError,
     TaskNotFoundError,
     is_transient_error,
 )
-from dxf_celery.proto import Subtask, SubtaskState, Task, TaskBase, TaskState
+from dxf_celery.proto import Subtask, SubtaskFinish, SubtaskState, Task, TaskBase, TaskState
 from dxf_celery.retry import run_with_retry
 from dxf_celery.taskexecutor import interrupt, outcome
+from dxf_celery.taskexecutor.claiming import ClaimProtocol
 from dxf_celery.taskexecutor.drain import Drain, back_to_pending
 from dxf_celery.taskexecutor.execute import StepExecFrameworkInfo, StepExecutor
-from dxf_celery.taskexecutor.fencing import Fence, FenceCheck, may_finish
-from dxf_celery.taskexecutor.interfaces import Extension
+from dxf_celery.taskexecutor.fencing import Fence, FenceCheck
+from dxf_celery.taskexecutor.interfaces import Extension, SubtaskClaims
 from dxf_celery.taskexecutor.live_changes import apply_live_changes
 from dxf_celery.taskexecutor.ownership import SubtaskMovedAwayError, check_ownership
 from dxf_celery.taskexecutor.param import Param
+from dxf_celery.taskexecutor.watcher import Watch, Watcher
 
 __all__ = ["BaseTaskExecutor", "SubtaskMovedAwayError", "TaskExecutorStoppedError"]
 
@@ -56,7 +60,7 @@ class TaskExecutorStoppedError(DXFError):
     """Cancel cause when the executor stops because its task left the running state."""
 
 
-class BaseTaskExecutor:
+class BaseTaskExecutor(ClaimProtocol):
     """Implements :class:`~dxf_celery.taskexecutor.interfaces.TaskExecutor` for a task type's Extension."""
 
     def __init__(self, ctx: Context, task: Task, param: Param, extension: Extension) -> None:
@@ -67,9 +71,20 @@ class BaseTaskExecutor:
         self._lock = threading.RLock()
         self._step_exec: StepExecutor | None = None
         self._step_ctx: Context | None = None
+        self._claims: SubtaskClaims | None = None
         self.drain_state = Drain()  # read by tests and launchers; set through drain()
         self._fence = Fence(param.intervals.fence_after)
         self.outcome = outcome.ExecutorOutcome()  # what this run did and why it stopped (dxf.execute reports it)
+        self._watcher = Watcher.for_intervals(
+            f"dxf-watch-{task.id}",
+            param.intervals,
+            watch=lambda w: self._watch_task_state(),
+            balance=lambda w: self._check_balance(w.subtask, w.subtask_ctx),
+            summary=lambda w: self._persist_summary(w.step_exec, w.subtask.id, final=False),
+            modify=lambda w: self._detect_modification(w.step_exec, w.subtask_ctx),
+            fence=lambda w: w.fence() if w.fence is not None else True,
+            enforce=self._enforce_cancel,
+        )
 
     # ------------------------------------------------------------------ TaskExecutor API
 
@@ -138,6 +153,7 @@ class BaseTaskExecutor:
     # ------------------------------------------------------------------ main loop
 
     def run(self) -> None:
+        self._watcher.start()
         try:
             self.outcome.stopped(*self._run_loop())
         except ExecutorCancelledError as err:
@@ -149,9 +165,12 @@ class BaseTaskExecutor:
             logger.exception("task %d on %s: executor loop crashed", self._task_id, self._exec_id)
             self._fail_one_subtask(err)
         finally:
+            self._watcher.stop()
             self._clean_step_executor()
+            self._close_claims()
 
     def _run_loop(self) -> tuple[str, str]:
+        """The slow path, once per wake-up: read the task, find work, then run subtasks back to back."""
         iv = self.param.intervals
         table = self.param.task_table
         interval = iv.subtask_check
@@ -196,26 +215,24 @@ class BaseTaskExecutor:
                 continue
             interval = iv.subtask_check
             empty_polls = 0
-            with self._lock:
-                step_exec = self._step_exec
-            if step_exec is not None and step_exec.step != new.step:
-                self._clean_step_executor()
-                step_exec = None
-            if step_exec is None:
-                try:
-                    step_exec = self._create_step_executor(new)
-                except Exception:
-                    continue
-            with self._lock:
-                step_ctx = self._step_ctx
-            if step_ctx is None or step_ctx.done():
-                # The task is being reverted: no new subtask may start under this step.
+            prepared = self._prepare_step(new)
+            if prepared is None:
                 continue
+            step_exec, step_ctx = prepared
             if self.drain_state.requested:
                 return outcome.LOOP_DRAINED, ""  # draining: the subtask just found is left for later (still pending)
             ran_since_empty = True
-            if self._run_subtask(step_exec, step_ctx, subtask):
-                skip_wait = True
+            if subtask.state == SubtaskState.PENDING:
+                claim = self._finish_and_claim(None, new.step)
+                if claim is None:
+                    continue
+                subtask = claim.subtask
+            elif not self.extension.is_idempotent(subtask):
+                logger.warning("task %d: subtask %d was left running and is not idempotent", self._task_id, subtask.id)
+                self._set_subtask_state(subtask.id, SubtaskState.FAILED, NonIdempotentSubtaskError())
+                self.outcome.ended(subtask.step, outcome.ENDED_FAILED)
+                continue
+            skip_wait = self._run_subtasks(step_exec, step_ctx, subtask)
 
     def _step_drained(self, task: Task) -> None:
         hook = self.param.on_step_drained
@@ -225,6 +242,45 @@ class BaseTaskExecutor:
             hook(task)
         except Exception:  # a wake-up is only latency: never stop the executor for it
             logger.exception("task %d: step-drained hook failed", self._task_id)
+
+    def _prepare_step(self, task: Task) -> tuple[StepExecutor, Context] | None:
+        """The step executor of ``task.step`` and its context; None when no subtask may start now."""
+        with self._lock:
+            step_exec = self._step_exec
+        if step_exec is not None and step_exec.step != task.step:
+            self._clean_step_executor()
+            step_exec = None
+        if step_exec is None:
+            try:
+                step_exec = self._create_step_executor(task)
+            except Exception:
+                return None
+        with self._lock:
+            step_ctx = self._step_ctx
+        if step_ctx is None or step_ctx.done():
+            # The task is being reverted: no new subtask may start under this step.
+            return None
+        return step_exec, step_ctx
+
+    def _run_subtasks(self, step_exec: StepExecutor, step_ctx: Context, subtask: Subtask) -> bool:
+        """The fast path: run ``subtask`` and the ones claimed after it without reading the task.
+
+        True after a success (look again at once), False after any other outcome.
+        """
+        while True:
+            finish = self._run_subtask(step_exec, step_ctx, subtask)
+            if finish is None:
+                return False
+            may_claim = not self.ctx.done() and not step_ctx.done() and not self.drain_state.requested
+            claim = self._finish_and_claim(finish, subtask.step if may_claim else None, finished_step=subtask.step)
+            if claim is None:
+                return True
+            if not self._fingerprint_matches(claim):
+                prepared = self._take_task_change(claim)
+                if prepared is None:
+                    return False  # the slow path reads the task again and decides
+                step_exec, step_ctx = prepared
+            subtask = claim.subtask
 
     def _apply_changes_between_subtasks(self, new: Task) -> bool:
         """Apply meta/concurrency changes seen by the loop; False when growing is impossible."""
@@ -268,9 +324,10 @@ class BaseTaskExecutor:
             else:
                 self._fail_one_subtask(err)
             raise
+        step_ctx = self.ctx.child()
+        step_ctx.on_cancel(lambda cause: self._watcher.kick())  # the running subtask's deadline starts now
         with self._lock:
-            self._step_exec = step_exec
-            self._step_ctx = self.ctx.child()
+            self._step_exec, self._step_ctx = step_exec, step_ctx
         return step_exec
 
     def _clean_step_executor(self) -> None:
@@ -287,38 +344,15 @@ class BaseTaskExecutor:
 
     # ------------------------------------------------------------------ one subtask
 
-    def _run_subtask(self, step_exec: StepExecutor, step_ctx: Context, subtask: Subtask) -> bool:
-        """Run one subtask and record its outcome; True when it succeeded."""
-        table = self.param.task_table
-        if subtask.state == SubtaskState.RUNNING:
-            if not self.extension.is_idempotent(subtask):
-                logger.warning("task %d: subtask %d was left running and is not idempotent", self._task_id, subtask.id)
-                self._set_subtask_state(subtask.id, SubtaskState.FAILED, NonIdempotentSubtaskError())
-                return self.outcome.ended(subtask.step, outcome.ENDED_FAILED)
-        else:
-            try:
-                self._sql(lambda: table.start_subtask(subtask.id, self._exec_id), "start_subtask")
-            except SubtaskNotFoundError:
-                return False  # moved to another node meanwhile: not ours any more
-            except Exception as err:
-                logger.warning("task %d: cannot start subtask %d: %s", self._task_id, subtask.id, err)
-                return False
-            subtask.state = SubtaskState.RUNNING
-
+    def _run_subtask(self, step_exec: StepExecutor, step_ctx: Context, subtask: Subtask) -> SubtaskFinish | None:
+        """Run one subtask this node holds ``running``; its success to write, or None."""
         subtask_ctx = step_ctx.child()
-        check_ctx = subtask_ctx.child()
         try:
             step_exec.reset_summary()
         except Exception:
             logger.exception("task %d: reset_summary failed", self._task_id)
-        returned = threading.Event()
-        watcher = threading.Thread(
-            target=self._watch_subtask,
-            args=(step_exec, subtask, subtask_ctx, check_ctx, threading.get_ident(), returned),
-            name=f"dxf-watch-{self._task_id}-{subtask.id}",
-            daemon=True,
-        )
-        watcher.start()
+        watch = self._watcher.begin(step_exec, subtask, subtask_ctx)
+        watch.fence = FenceCheck(self._fence, self.param, self.extension, subtask, subtask_ctx)
         error: BaseException | None = None
         try:
             with interrupt.step_code(subtask.id):
@@ -330,23 +364,26 @@ class BaseTaskExecutor:
             error = err
         finally:
             interrupt.leave_step_code()
-            returned.set()
-            check_ctx.cancel()
-            watcher.join()
-        self._persist_summary(step_exec, subtask.id, final=True)
+            self._watcher.end(watch)
+        return self._record_outcome(step_exec, subtask, subtask_ctx, error)
 
+    def _record_outcome(
+        self, step_exec: StepExecutor, subtask: Subtask, subtask_ctx: Context, error: BaseException | None
+    ) -> SubtaskFinish | None:
+        """What the end of a subtask means for its row: the one place that decides it.
+
+        A success is returned, to be written with the next claim (:meth:`_finish_and_claim`);
+        every other outcome is written (or deliberately not) here.
+        """
         if error is None:
-            if not may_finish(table, self._exec_id, subtask):
-                return self.outcome.ended(subtask.step, outcome.ENDED_MOVED)
-            try:
-                self._sql(lambda: table.finish_subtask(self._exec_id, subtask.id, subtask.meta), "finish_subtask")
-            except Exception as err:
-                logger.warning("task %d: cannot finish subtask %d: %s", self._task_id, subtask.id, err)
-                return False
-            return self.outcome.ended(subtask.step, outcome.ENDED_SUCCEED)
+            # Written only while the row is still running here (the finish statement's guard).
+            return SubtaskFinish(subtask.id, subtask.meta, self._summary_text(step_exec))
+        self._persist_summary(step_exec, subtask.id, final=True)
+        table = self.param.task_table
         if isinstance(error, SubtaskNotStartedError) and not isinstance(subtask_ctx.cause, CancelSubtaskError):
             back_to_pending(lambda: self._sql(lambda: table.subtask_back_to_pending(self._exec_id, subtask.id), "back"))
-            return self.outcome.ended(subtask.step, outcome.ENDED_LEFT)
+            self.outcome.ended(subtask.step, outcome.ENDED_LEFT)
+            return None
         if subtask_ctx.done():
             if isinstance(subtask_ctx.cause, CancelSubtaskError):
                 self._set_subtask_state(subtask.id, SubtaskState.CANCELED, None)
@@ -361,7 +398,8 @@ class BaseTaskExecutor:
         else:
             logger.warning("task %d: subtask %d failed: %s", self._task_id, subtask.id, error)
             self._set_subtask_state(subtask.id, SubtaskState.FAILED, error)
-        return self.outcome.ended(subtask.step, outcome.how_ended(subtask_ctx, self.is_retryable_error(error)))
+        self.outcome.ended(subtask.step, outcome.how_ended(subtask_ctx, self.is_retryable_error(error)))
+        return None
 
     def _set_subtask_state(self, subtask_id: int, state: SubtaskState, err: BaseException | None) -> None:
         table = self.param.task_table
@@ -373,70 +411,13 @@ class BaseTaskExecutor:
         except Exception as exc:
             logger.warning("task %d: cannot mark subtask %d %s: %s", self._task_id, subtask_id, state.value, exc)
 
-    # ------------------------------------------------------------------ watcher thread
+    # ------------------------------------------------------------------ what the watcher runs
 
-    def _watch_subtask(
-        self,
-        step_exec: StepExecutor,
-        subtask: Subtask,
-        subtask_ctx: Context,
-        check_ctx: Context,
-        runner: int,
-        returned: threading.Event,
-    ) -> None:
-        """One thread per running subtask: the periodic checks, then the cancel deadline if it was cancelled."""
-        self._run_checks(step_exec, subtask, subtask_ctx, check_ctx)
-        if subtask_ctx.done() and not returned.is_set():
-            what = f"task {self._task_id}: subtask {subtask.id}"
-            interrupt.enforce_cancel(runner, subtask.id, returned, self.param.intervals.cancel_grace, what, subtask_ctx)
-
-    def _run_checks(self, step_exec: StepExecutor, subtask: Subtask, subtask_ctx: Context, check_ctx: Context) -> None:
-        """Task state, balance, summary and live modification checks until ``check_ctx`` is cancelled."""
-        iv = self.param.intervals
-        now = time.monotonic()
-        due = {
-            "fence": now + iv.watch_task,
-            "watch": now + iv.watch_task,
-            "balance": now + iv.check_balance,
-            "summary": now + iv.update_summary,
-            "modify": now + iv.detect_modify,
-        }
-        periods = {
-            "fence": iv.watch_task,
-            "watch": iv.watch_task,
-            "balance": iv.check_balance,
-            "summary": iv.update_summary,
-            "modify": iv.detect_modify,
-        }
-        checks: dict[str, Callable[[], bool]] = {
-            "fence": FenceCheck(self._fence, self.param, self.extension, subtask, subtask_ctx),
-            "watch": lambda: self._watch_task_state(),
-            "balance": lambda: self._check_balance(subtask, subtask_ctx),
-            "summary": lambda: self._persist_summary(step_exec, subtask.id, final=False),
-            "modify": lambda: self._detect_modification(step_exec, subtask_ctx),
-        }
-        while True:
-            timeout = max(0.0, min(due.values()) - time.monotonic())
-            if check_ctx.wait(timeout):
-                return
-            now = time.monotonic()
-            for name, when in list(due.items()):
-                if now < when:
-                    continue
-                try:
-                    keep = checks[name]()
-                except Exception:
-                    logger.exception("task %d: %s check failed", self._task_id, name)
-                    keep = True
-                if keep:
-                    due[name] = time.monotonic() + periods[name]
-                else:
-                    del due[name]
-                if check_ctx.done():
-                    return
-            if not due:
-                check_ctx.wait()
-                return
+    def _enforce_cancel(self, w: Watch) -> None:
+        what = f"task {self._task_id}: subtask {w.subtask.id}"
+        interrupt.enforce_cancel(
+            w.runner, w.subtask.id, w.returned, self.param.intervals.cancel_grace, what, w.subtask_ctx
+        )
 
     def _watch_task_state(self) -> bool:
         """Derive cancellation from SQL, so it works where no signal can reach the executor."""
@@ -458,16 +439,21 @@ class BaseTaskExecutor:
     def _check_balance(self, current: Subtask, subtask_ctx: Context) -> bool:
         return check_ownership(self.param.task_table, self.extension, self._exec_id, current, subtask_ctx)
 
-    def _persist_summary(self, step_exec: StepExecutor, subtask_id: int, *, final: bool) -> bool:
+    def _summary_text(self, step_exec: StepExecutor) -> str | None:
         try:
             summary = step_exec.realtime_summary()
         except Exception:
             logger.exception("task %d: realtime_summary failed", self._task_id)
-            return True
+            return None
         if summary is None:
-            return True
+            return None
         summary.update()
-        text = summary.to_json()
+        return summary.to_json()
+
+    def _persist_summary(self, step_exec: StepExecutor, subtask_id: int, *, final: bool) -> bool:
+        text = self._summary_text(step_exec)
+        if text is None:
+            return True
         table = self.param.task_table
         try:
             if final:

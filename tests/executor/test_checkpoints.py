@@ -111,6 +111,11 @@ def cluster(db_url: str) -> Iterator[LocalCluster]:
         yield c
 
 
+def _checkpoint(cluster: LocalCluster, task_id: int) -> object:
+    subs = cluster.task_manager.get_subtasks(task_id)
+    return cluster.task_manager.get_subtask_checkpoint(subs[0].id) if subs else None
+
+
 def _only_subtask(cluster: LocalCluster, task_id: int) -> tuple[int, SubtaskState]:
     (sub,) = cluster.task_manager.get_subtasks(task_id)
     return sub.id, sub.state
@@ -119,7 +124,11 @@ def _only_subtask(cluster: LocalCluster, task_id: int) -> tuple[int, SubtaskStat
 def test_paused_subtask_resumes_from_its_checkpoint(cluster: LocalCluster) -> None:
     tm = cluster.task_manager
     task = cluster.submit_task("ckpt-pause", TASK_TYPE)
-    wait_until(lambda: len(JOURNAL.items) == STOP_AT, what="first run to reach the stop point")
+    # The item is journaled before its checkpoint is saved: wait for the save too.
+    wait_until(
+        lambda: len(JOURNAL.items) == STOP_AT and _checkpoint(cluster, task.id) == {"next": STOP_AT},
+        what="first run to reach the stop point",
+    )
     sub_id, _ = _only_subtask(cluster, task.id)
     assert tm.get_subtask_checkpoint(sub_id) == {"next": STOP_AT}
     assert cluster.pause_task(task.id)
@@ -151,7 +160,11 @@ def test_a_node_that_lost_the_subtask_cannot_write_its_checkpoint(cluster: Local
     """The store the framework hands the step is keyed by the subtask's exec_id."""
     tm = cluster.task_manager
     task = cluster.submit_task("ckpt-moved", TASK_TYPE)
-    wait_until(lambda: len(JOURNAL.items) == STOP_AT, what="first run to reach the stop point")
+    # The item is journaled before its checkpoint is saved: wait for the save too.
+    wait_until(
+        lambda: len(JOURNAL.items) == STOP_AT and _checkpoint(cluster, task.id) == {"next": STOP_AT},
+        what="first run to reach the stop point",
+    )
     sub = tm.get_subtasks(task.id)[0]
     step = CheckpointStep()
     step.set_checkpoint_store(tm)

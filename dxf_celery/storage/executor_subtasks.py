@@ -14,8 +14,9 @@ from sqlalchemy import Connection, func, select, update
 
 from dxf_celery.errors import SubtaskNotFoundError
 from dxf_celery.proto import Subtask, SubtaskBase, SubtaskState, serialize_error
-from dxf_celery.storage.base import StorageBase, utcnow
+from dxf_celery.storage.base import StorageBase
 from dxf_celery.storage.claims import SubtaskClaims
+from dxf_celery.storage.clock import server_now
 from dxf_celery.storage.rows import ACTIVE, check_meta, dump_checkpoint, load_checkpoint, subtask_from_row, values_of
 from dxf_celery.storage.tables import subtask_table
 
@@ -74,7 +75,7 @@ class ExecutorSubtasks(StorageBase):
 
         Unlike DXF this also requires ``pending``, so two racers can never both start it.
         """
-        now = utcnow()
+        now = server_now()
         stmt = (
             update(subtask_table)
             .where(
@@ -90,7 +91,7 @@ class ExecutorSubtasks(StorageBase):
     def update_subtask_state_and_error(
         self, exec_id: str, subtask_id: int, state: SubtaskState, err: BaseException | None
     ) -> None:
-        now = utcnow()
+        now = server_now()
         values: dict[str, Any] = {"state": state.value, "error": serialize_error(err), "state_update_time": now}
         if state in _END_STATES:
             values["end_time"] = now
@@ -115,7 +116,7 @@ class ExecutorSubtasks(StorageBase):
             ).first()
             if row is None:
                 return False
-            now = utcnow()
+            now = server_now()
             result = conn.execute(
                 update(subtask_table)
                 .where(
@@ -148,7 +149,7 @@ class ExecutorSubtasks(StorageBase):
     def finish_subtask(self, exec_id: str, subtask_id: int, meta: bytes) -> None:
         """Mark succeed and store the (possibly rewritten) meta; keyed by id and exec_id."""
         meta = check_meta(meta, "subtask meta")
-        now = utcnow()
+        now = server_now()
         stmt = (
             update(subtask_table)
             .where(subtask_table.c.id == subtask_id, subtask_table.c.exec_id == exec_id)
@@ -169,7 +170,7 @@ class ExecutorSubtasks(StorageBase):
                 subtask_table.c.exec_id == exec_id,
                 subtask_table.c.state == SubtaskState.RUNNING.value,
             )
-            .values(state=SubtaskState.PENDING.value, start_time=None, state_update_time=utcnow())
+            .values(state=SubtaskState.PENDING.value, start_time=None, state_update_time=server_now())
         )
         return bool(self._write(lambda conn: conn.execute(stmt).rowcount) > 0)
 
@@ -181,7 +182,7 @@ class ExecutorSubtasks(StorageBase):
                 subtask_table.c.exec_id == exec_id,
                 subtask_table.c.state.in_(ACTIVE),
             )
-            .values(state=SubtaskState.PAUSED.value, state_update_time=utcnow())
+            .values(state=SubtaskState.PAUSED.value, state_update_time=server_now())
         )
         return int(self._write(lambda conn: conn.execute(stmt).rowcount))
 
@@ -191,7 +192,7 @@ class ExecutorSubtasks(StorageBase):
             return
 
         def txn(conn: Connection) -> None:
-            now = utcnow()
+            now = server_now()
             for s in subtasks:
                 conn.execute(
                     update(subtask_table)

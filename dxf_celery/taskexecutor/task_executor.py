@@ -122,13 +122,7 @@ class BaseTaskExecutor(ClaimProtocol):
 
     # ------------------------------------------------------------------ helpers
 
-    @property
-    def _exec_id(self) -> str:
-        return self.param.exec_id
-
-    @property
-    def _task_id(self) -> int:
-        return self._task.id
+    # ``_exec_id`` and ``_task_id`` come from ClaimProtocol.
 
     def _sql(self, fn: Callable[[], T], what: str) -> T:
         iv = self.param.intervals

@@ -8,22 +8,21 @@ that who is silent, and when, is exact.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 
 import pytest
-from helpers.cluster_types import RECORDER, TASK_TYPE, demo_meta, register_demo
+from helpers.cluster_types import TASK_TYPE, demo_meta
 from sqlalchemy import update
 
 from dxf_celery import handle
 from dxf_celery.proto import ManagedNode, SubtaskState
-from dxf_celery.scheduler import Manager, SchedulerIntervals, clear_scheduler_factories
+from dxf_celery.scheduler import Manager, SchedulerIntervals
 from dxf_celery.scheduler.nodes import ContactWatch, judge_nodes
 from dxf_celery.storage import TaskManager
 from dxf_celery.storage.clock import read_server_now
 from dxf_celery.storage.tables import node_table
-from dxf_celery.taskexecutor import clear_task_executors
 
 TTL = 2.0
 GRACE = 2.0
@@ -76,14 +75,7 @@ def test_contact_watch_restarts_after_a_gap_or_a_failure() -> None:
 # ---------------------------------------------------------------- the Manager on real databases
 
 
-@pytest.fixture(autouse=True)
-def demo_type() -> Iterator[None]:
-    clear_scheduler_factories()
-    RECORDER.reset()
-    register_demo()
-    yield
-    clear_scheduler_factories()
-    clear_task_executors()
+pytestmark = pytest.mark.usefixtures("demo_type")  # tests/scheduler/conftest.py
 
 
 def _age(tm: TaskManager, host: str, seconds: float) -> None:

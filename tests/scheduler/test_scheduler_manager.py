@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
-from helpers.cluster_types import RECORDER, TASK_TYPE, demo_meta, register_demo
+from helpers.cluster_types import RECORDER, TASK_TYPE, demo_meta
 from helpers.scheduling import INTERVALS, manager, nodes, passes, run_step, state
 
 from dxf_celery import handle
@@ -32,21 +31,11 @@ from dxf_celery.scheduler import (
     BaseScheduler,
     Extension,
     Manager,
-    clear_scheduler_factories,
     register_scheduler_factory,
 )
 from dxf_celery.storage import TaskManager
-from dxf_celery.taskexecutor import clear_task_executors
 
-
-@pytest.fixture(autouse=True)
-def demo_type() -> Iterator[None]:
-    clear_scheduler_factories()
-    RECORDER.reset()
-    register_demo()
-    yield
-    clear_scheduler_factories()
-    clear_task_executors()
+pytestmark = pytest.mark.usefixtures("demo_type")  # tests/scheduler/conftest.py
 
 
 def test_lease_one_owner_at_a_time(task_manager: TaskManager) -> None:

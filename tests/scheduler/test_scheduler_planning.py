@@ -3,11 +3,11 @@ planning errors back off and revert after a bound, and neither stalls the other 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 
 import pytest
-from helpers.cluster_types import RECORDER, TASK_TYPE, demo_meta, register_demo
+from helpers.cluster_types import RECORDER, TASK_TYPE, demo_meta
 from helpers.scheduling import INTERVALS, manager, nodes, pass_until, passes, run_step, state
 
 from dxf_celery import handle
@@ -17,21 +17,11 @@ from dxf_celery.scheduler import (
     BaseScheduler,
     Extension,
     TaskHandle,
-    clear_scheduler_factories,
     register_scheduler_factory,
 )
 from dxf_celery.storage import TaskManager
-from dxf_celery.taskexecutor import clear_task_executors
 
-
-@pytest.fixture(autouse=True)
-def demo_type() -> Iterator[None]:
-    clear_scheduler_factories()
-    RECORDER.reset()
-    register_demo()
-    yield
-    clear_scheduler_factories()
-    clear_task_executors()
+pytestmark = pytest.mark.usefixtures("demo_type")  # tests/scheduler/conftest.py
 
 
 @pytest.mark.parametrize("retryable", [True, False])

@@ -3,27 +3,15 @@ higher-ranked work, hold nothing; the number of slot-holding tasks follows the l
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
-from helpers.cluster_types import RECORDER, TASK_TYPE, demo_meta, register_demo
+from helpers.cluster_types import TASK_TYPE, demo_meta
 from helpers.scheduling import manager, nodes, pass_until, passes, run_step, state
 
 from dxf_celery import handle
 from dxf_celery.proto import TaskState
-from dxf_celery.scheduler import clear_scheduler_factories
 from dxf_celery.storage import TaskManager
-from dxf_celery.taskexecutor import clear_task_executors
 
-
-@pytest.fixture(autouse=True)
-def demo_type() -> Iterator[None]:
-    clear_scheduler_factories()
-    RECORDER.reset()
-    register_demo()
-    yield
-    clear_scheduler_factories()
-    clear_task_executors()
+pytestmark = pytest.mark.usefixtures("demo_type")  # tests/scheduler/conftest.py
 
 
 def test_tasks_of_a_missing_scope_hold_no_slots(task_manager: TaskManager) -> None:

@@ -9,9 +9,11 @@ turns of the watcher loop, which never sleeps that long). Past ``fence_after`` (
 TTL) the executor is *fenced*: the balance check runs at every turn instead of its period, so
 a subtask whose row moved away is cancelled as soon as the database answers, and the result
 of a subtask is written only after its row was seen still ``running`` here
-(:func:`verify_owned`). An idempotent subtask that cannot be verified for a whole TTL is
-cancelled (the scheduler moves such subtasks of a silent node at once); a non-idempotent one
-keeps running until a read shows it moved (the scheduler never gives it to another node).
+(:func:`verify_owned`). An idempotent subtask that cannot be verified for
+``stop_idempotent_after`` (the node TTL plus ``dxf_node_lost_grace``: the scheduler moves
+running subtasks only off a node it judged lost) is cancelled, as another node may run it
+by then; a non-idempotent one keeps running until a read shows it moved (the scheduler
+never gives it to another node).
 """
 
 from __future__ import annotations
@@ -29,9 +31,6 @@ from dxf_celery.taskexecutor.ownership import SubtaskMovedAwayError, check_owner
 from dxf_celery.taskexecutor.param import Param
 
 logger = logging.getLogger(__name__)
-
-#: ``fence_after`` is half the node TTL: twice it is the silence after which a row may have moved.
-MAY_HAVE_MOVED = 2.0
 
 
 class Fence:
@@ -68,6 +67,7 @@ class FenceCheck:
         self.table: TaskTable = param.task_table
         self.extension = extension
         self.exec_id = param.exec_id
+        self.stop_idempotent_after = param.intervals.stop_idempotent_after
         self.subtask = subtask
         self.subtask_ctx = subtask_ctx
         self._clock = fence._clock
@@ -91,9 +91,7 @@ class FenceCheck:
             )
         owned = verify_owned(self.table, self.exec_id, self.subtask)
         if owned is None:
-            if self.fence.silent_for() >= MAY_HAVE_MOVED * self.fence.fence_after and self.extension.is_idempotent(
-                self.subtask
-            ):
+            if self.fence.silent_for() >= self.stop_idempotent_after and self.extension.is_idempotent(self.subtask):
                 logger.warning(
                     "task %d: no database contact for %.1fs; stopping idempotent subtask %d (it may have moved)",
                     self.subtask.task_id,

@@ -50,6 +50,10 @@ class Intervals:
     #: Seconds without a successful database read after which an executor fences itself
     #: (re-checks ownership at once; see :mod:`.fencing`); the worker sets half the node TTL.
     fence_after: float = 5.0
+    #: Seconds without database contact after which a running idempotent subtask is stopped
+    #: because another node may have it: the scheduler moves running subtasks only off a *lost*
+    #: node, so the worker sets ``dxf_node_ttl + dxf_node_lost_grace``.
+    stop_idempotent_after: float = 10.0
     recover_meta: float = 90.0
     #: SQL retries: DXF gives up after ~14 minutes, as here, but its pause grows to 30 s; this
     #: one stays near the check intervals so an executor resumes about one interval after an outage.
@@ -69,6 +73,7 @@ class Intervals:
             "heartbeat",
             "cancel_grace",
             "fence_after",
+            "stop_idempotent_after",
             "recover_meta",
             "sql_retry_base",
             "sql_retry_max",
@@ -96,6 +101,7 @@ class Intervals:
             cancel_grace=0.2,
             drain_grace=30.0,
             fence_after=5.0,
+            stop_idempotent_after=10.0,
             recover_meta=0.5,
             sql_retry_times=5,
             sql_retry_base=0.05,

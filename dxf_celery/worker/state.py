@@ -117,6 +117,7 @@ class DXFState:
             cancel_grace=s.cancel_grace,
             drain_grace=s.effective_drain_grace,
             fence_after=s.node_ttl * FENCE_SHARE,
+            stop_idempotent_after=s.node_ttl + s.node_lost_grace,
         )
 
     def scheduler_intervals(self) -> SchedulerIntervals:

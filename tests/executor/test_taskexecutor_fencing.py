@@ -7,6 +7,8 @@ database, so what is pinned is the decision: no periodic balance check is waited
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from helpers.executor import RecordingExtension, TestType, plan_task
 
 from dxf_celery.context import Context
@@ -18,8 +20,9 @@ from dxf_celery.taskexecutor.fencing import Fence, FenceCheck, may_finish, verif
 from dxf_celery.taskexecutor.ownership import SubtaskMovedAwayError
 
 
-def _param(tm: TaskManager) -> Param:
-    return Param.for_test(tm, SlotManager(1), NodeResource(1, 1 << 30), "n1")
+def _param(tm: TaskManager, **intervals: float) -> Param:
+    param = Param.for_test(tm, SlotManager(1), NodeResource(1, 1 << 30), "n1")
+    return replace(param, intervals=replace(param.intervals, **intervals)) if intervals else param
 
 
 class Clock:
@@ -100,6 +103,29 @@ def test_without_the_database_only_an_idempotent_subtask_is_stopped(tmp_path) ->
             else:
                 assert check() is True and not ctx.done()  # the scheduler never hands it to another node
             assert verify_owned(gone, "n1", sub) is None and may_finish(gone, "n1", sub)
+    finally:
+        live.dispose()
+        gone.dispose()
+
+
+def test_without_the_database_an_idempotent_subtask_runs_on_until_its_node_could_be_lost(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Suspect is not lost: the scheduler keeps a silent node's running rows until TTL + lost grace."""
+    from helpers.db import make_db_url
+
+    live = TaskManager(make_db_url("sqlite", tmp_path))
+    gone = TaskManager("postgresql+psycopg://postgres@127.0.0.1:1/none?connect_timeout=1")
+    try:
+        tt = TestType("fence-grace")
+        tt.idempotent = True
+        sub = _running_subtask(live, tt.name)
+        clock = Clock()
+        fence = Fence(5.0, clock=clock)
+        ctx = Context.background()
+        check = FenceCheck(fence, _param(gone, stop_idempotent_after=70.0), RecordingExtension(tt), sub, ctx)
+        clock.now += 12.0  # past a TTL of silence, within TTL + lost grace
+        assert check() is True and not ctx.done()
+        clock.now += 60.0
+        assert check() is False and isinstance(ctx.cause, NodeFencedError)
     finally:
         live.dispose()
         gone.dispose()

@@ -34,6 +34,9 @@ FAST_SETTINGS: dict[str, Any] = {
     "dxf_scheduler_interval": 0.2,
     "dxf_balance_interval": 0.3,
     "dxf_node_ttl": 10.0,
+    # A killed worker is lost (its running subtasks follow the DXF rule) TTL + this after its
+    # last heartbeat: short here so the kill scenarios end quickly (the default is 60 s).
+    "dxf_node_lost_grace": 5.0,
     "dxf_lease_ttl": 2.0,
     "dxf_cancel_grace": 5.0,
     "dxf_launch_timeout": 30.0,

@@ -207,8 +207,6 @@ class RealWorkerTests(TransactionTestCase):
                     "threads",
                     "-c",
                     "2",
-                    "--without-gossip",
-                    "--without-mingle",
                     "-l",
                     "info",
                 ],

@@ -114,8 +114,6 @@ def worker(app: Flask, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
                 "threads",
                 "-c",
                 "2",
-                "--without-gossip",
-                "--without-mingle",
                 "-l",
                 "info",
             ],

@@ -35,8 +35,10 @@ __all__ = [
     "ExecutionControl",
     "ExecutorCancelledError",
     "LocalRegistry",
+    "install_cancel_router",
     "install_drain_handler",
     "local_executions",
+    "note_task_starting",
 ]
 
 logger = logging.getLogger(__name__)
@@ -46,6 +48,16 @@ DRAIN_SIGNAL = signal.SIGUSR2
 
 #: The control of the execution running on this process's main thread (prefork child), if any.
 _signal_control: ExecutionControl | None = None
+
+#: What the pool child is doing, for routing a SIGUSR1 (see :func:`install_cancel_router`):
+#: ``"other"`` (any other task, or nothing yet: the pool's own handler, Celery's soft time
+#: limit, gets it), ``"dxf-starting"`` (a ``dxf.execute`` before its control is up: kept for
+#: it), ``"dxf-ended"`` (after a ``dxf.execute``: a late cancel of a finished run, dropped).
+_child_phase = "other"
+#: A cancel that reached a starting ``dxf.execute`` before its control was up.
+_early_cancel = False
+#: The SIGUSR1 handler the pool installed (billiard's soft-time-limit one) while the router owns the signal.
+_pool_sigusr1: Any = None
 
 
 def _on_drain_signal(signum: int, frame: FrameType | None) -> None:
@@ -58,6 +70,48 @@ def _on_drain_signal(signum: int, frame: FrameType | None) -> None:
 def install_drain_handler() -> None:
     """In each pool child at start (``worker_process_init``): SIGUSR2 must never kill it (its default)."""
     signal.signal(DRAIN_SIGNAL, _on_drain_signal)
+
+
+def _route_cancel_signal(signum: int, frame: FrameType | None) -> None:
+    """SIGUSR1 in a pool child: to the running executor, kept for a starting one, dropped after one.
+
+    The node's Manager may signal a run that has just ended (the executor saw the pause in
+    SQL first). Reaching the pool's soft-time-limit handler then raised
+    ``SoftTimeLimitExceeded`` in the middle of the child writing its result: the worker
+    read half a message, kept the request active for ever, and the node never started
+    that task's executor again.
+    """
+    global _early_cancel
+    control = _signal_control
+    if control is not None:
+        control._on_signal(signum, frame)
+    elif _child_phase == "dxf-starting":
+        _early_cancel = True
+    elif _child_phase == "other" and callable(_pool_sigusr1):
+        _pool_sigusr1(signum, frame)
+
+
+def install_cancel_router() -> None:
+    """Route SIGUSR1 through :func:`_route_cancel_signal`, keeping the handler it replaces for other tasks.
+
+    Called as each task starts in a pool child (``task_prerun``): billiard installs its
+    soft-time-limit handler after ``worker_process_init``, so that is too early.
+    """
+    global _pool_sigusr1
+    if not _router_active():
+        _pool_sigusr1 = signal.signal(signal.SIGUSR1, _route_cancel_signal)
+
+
+def _router_active() -> bool:
+    return signal.getsignal(signal.SIGUSR1) is _route_cancel_signal
+
+
+def note_task_starting(task_name: str, execute_name: str) -> None:
+    """``task_prerun`` in a pool child: which task the next SIGUSR1 belongs to."""
+    global _child_phase, _early_cancel
+    install_cancel_router()
+    _early_cancel = False
+    _child_phase = "dxf-starting" if task_name == execute_name else "other"
 
 
 _REVERT_STATES = frozenset({TaskState.REVERTING, TaskState.CANCELLING, TaskState.AWAITING_RESOLUTION})
@@ -89,6 +143,7 @@ class ExecutionControl:
         self._wakeup_r = self._wakeup_w = -1
         self._helper: threading.Thread | None = None
         self._previous_handler: Any = None
+        self._owns_signal = False
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -108,22 +163,29 @@ class ExecutionControl:
             os.set_blocking(self._wakeup_w, False)
             self._helper = threading.Thread(target=self._helper_loop, name=f"dxf-cancel-{self.task_id}", daemon=True)
             self._helper.start()
-            self._previous_handler = signal.signal(signal.SIGUSR1, self._on_signal)
+            self._owns_signal = not _router_active()
+            if self._owns_signal:  # not in a pool child set up by the worker: own the signal for the run
+                self._previous_handler = signal.signal(signal.SIGUSR1, self._on_signal)
             interrupt.set_raiser(self.thread_ident, self._raise_by_signal)
-            global _signal_control
+            global _signal_control, _early_cancel
             _signal_control = self
+            if _early_cancel:
+                _early_cancel = False
+                self._on_signal(signal.SIGUSR1, None)
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._closed.set()
         if self._use_signal:
-            global _signal_control
+            global _signal_control, _child_phase
             if _signal_control is self:
                 _signal_control = None
+            _child_phase = "dxf-ended"
             interrupt.set_raiser(self.thread_ident, None)
-            previous = self._previous_handler
-            # A handler installed outside Python reads as None: ignoring beats dying on a stray signal.
-            signal.signal(signal.SIGUSR1, previous if previous is not None else signal.SIG_IGN)
+            if self._owns_signal:
+                previous = self._previous_handler
+                # A handler installed outside Python reads as None: ignoring beats dying on a stray signal.
+                signal.signal(signal.SIGUSR1, previous if previous is not None else signal.SIG_IGN)
             try:
                 os.write(self._wakeup_w, b"q")
             except OSError:

@@ -11,7 +11,7 @@ from celery import signals
 from dxf_celery.worker import control as _control  # noqa: F401  (registers the commands)
 from dxf_celery.worker import observability, shutdown
 from dxf_celery.worker.bootsteps import DXFNodeStep, DXFSchedulerTicks
-from dxf_celery.worker.execution import install_drain_handler
+from dxf_celery.worker.execution import install_drain_handler, note_task_starting
 from dxf_celery.worker.launcher import tracker
 from dxf_celery.worker.names import EXECUTE_TASK, SCHEDULE_TASK
 from dxf_celery.worker.node import NodeRuntime, find_runtime, runtimes
@@ -79,6 +79,11 @@ def _connect_signals() -> None:
 
 def _on_worker_process_init(**_: Any) -> None:
     install_drain_handler()
+    signals.task_prerun.connect(_on_task_prerun_in_child, weak=False)
+
+
+def _on_task_prerun_in_child(sender: Any = None, **_: Any) -> None:
+    note_task_starting(str(getattr(sender, "name", "")), EXECUTE_TASK)
 
 
 def _on_task_received(sender: Any = None, request: Any = None, **_: Any) -> None:

@@ -1,9 +1,11 @@
 """End-to-end: real ``celery worker`` and ``celery beat`` processes, tasks submitted from this test process.
 
 The main scenarios (multi-step over two nodes, cancel and pause on prefork and threads,
-Celery's SIGUSR1 revoke, SIGKILL of a worker) run on every broker and server database users
+Celery's SIGUSR1 revoke, SIGKILL of a worker) run on the brokers and server databases users
 deploy on: Redis and RabbitMQ, PostgreSQL and MariaDB (ids such as ``[rabbitmq-mariadb]``;
-``DXF_TEST_DATABASES`` drops the MariaDB ones). The others run on Redis + PostgreSQL.
+``DXF_TEST_DATABASES`` drops the MariaDB ones), in a pairwise design: every broker meets
+every database, and every pool (or variant) meets every broker and every database, in four
+cases instead of eight (:func:`on_stacks`). The others run on Redis + PostgreSQL.
 
 Every wait polls SQL (or the run log the ``e2e`` task type writes) with a generous timeout;
 no assertion is about wall-clock time. Work that a test must catch in the middle (to cancel,
@@ -39,24 +41,43 @@ pytestmark = [pytest.mark.celery, pytest.mark.slow]
 
 POOLS = ["prefork", "threads"]
 LEASE_TTL = float(FAST_SETTINGS["dxf_lease_ttl"])
-#: (broker, database) pairs of the main scenarios; the first is every other test's.
-STACKS = [
-    (b, d) for b in ("redis", "rabbitmq") for d in ("postgresql", "mariadb") if d == "postgresql" or d in SELECTED
-]
+BROKERS = ("redis", "rabbitmq")
+DATABASES = tuple(d for d in ("postgresql", "mariadb") if d == "postgresql" or d in SELECTED)
+#: (broker, database) pairs; the first is every other test's.
+STACKS = [(b, d) for b in BROKERS for d in DATABASES]
 
 
 def _stack_id(stack: tuple[str, str]) -> str:
     return "-".join(stack)
 
 
-def on_stacks(*pools: str, first_only: tuple[str, ...] = ()) -> pytest.MarkDecorator:
-    """Run a test on every (broker, database) of :data:`STACKS`, crossed with ``pools`` if given;
-    the ``first_only`` pools run on the first stack alone (Redis + PostgreSQL)."""
-    if not pools:
-        return pytest.mark.parametrize("e2e", STACKS, indirect=True, ids=_stack_id)
-    cases = [pytest.param(stack, pool, id=f"{_stack_id(stack)}-{pool}") for stack in STACKS for pool in pools]
-    cases += [pytest.param(STACKS[0], pool, id=f"{_stack_id(STACKS[0])}-{pool}") for pool in first_only]
-    return pytest.mark.parametrize(("e2e", "pool"), cases, indirect=["e2e"])
+def on_stacks(*values: Any, argname: str = "pool", first_only: tuple[Any, ...] = ()) -> pytest.MarkDecorator:
+    """Parametrize ``e2e`` (and ``argname`` with ``values``) pairwise over brokers and databases.
+
+    Without values: one case per broker and per database (Redis + PostgreSQL, RabbitMQ +
+    MariaDB). With two values: the four (broker, database) pairs, the value chosen so each
+    value meets each broker and each database ((broker + database) index parity). With one
+    database selected: every broker crossed with every value. ``first_only`` values run on
+    Redis + PostgreSQL alone.
+    """
+    if not values:
+        diagonal = [(b, DATABASES[i % len(DATABASES)]) for i, b in enumerate(BROKERS)]
+        return pytest.mark.parametrize("e2e", diagonal, indirect=True, ids=_stack_id)
+    if len(DATABASES) == 1:
+        picks = [((b, DATABASES[0]), v) for b in BROKERS for v in values]
+    else:
+        picks = [
+            ((b, d), values[(bi + di) % len(values)]) for bi, b in enumerate(BROKERS) for di, d in enumerate(DATABASES)
+        ]
+    picks += [(STACKS[0], v) for v in first_only]
+    cases = [pytest.param(stack, v, id=f"{_stack_id(stack)}-{_value_id(v, argname)}") for stack, v in picks]
+    return pytest.mark.parametrize(("e2e", argname), cases, indirect=["e2e"])
+
+
+def _value_id(value: Any, argname: str) -> str:
+    if isinstance(value, bool):
+        return argname if value else f"non-{argname}"
+    return str(value)
 
 
 @pytest.fixture
@@ -209,8 +230,7 @@ def test_celery_revoke_with_sigusr1_cancels_the_executor_cooperatively(e2e: E2E)
 # ---------------------------------------------------------------------- a worker dies
 
 
-@pytest.mark.parametrize("idempotent", [True, False], ids=["idempotent", "non-idempotent"])
-@on_stacks()
+@on_stacks(True, False, argname="idempotent")
 def test_sigkilled_worker(e2e: E2E, idempotent: bool) -> None:
     e2e.procs.start_worker("w1@e2e", pool="prefork", concurrency=3, slots=2)
     e2e.procs.start_worker("w2@e2e", pool="prefork", concurrency=3, slots=2)

@@ -15,20 +15,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from dxf_celery.testing import wait_until
+
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.005) -> Any:
     """Poll ``predicate`` until it returns something truthy; TimeoutError after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
+    return wait_until(predicate, timeout, what=what, interval=interval)
 
 
 def vm_hwm_kib(pid: int) -> int:

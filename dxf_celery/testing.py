@@ -26,10 +26,12 @@ import functools
 import itertools
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from types import TracebackType
+from typing import TypeVar
 
 from dxf_celery import handle, scheduler, taskexecutor
 from dxf_celery.client import TaskClient
@@ -252,4 +254,23 @@ def preserved_registrations() -> Iterator[None]:
         scheduler.restore_scheduler_factories(schedulers)
 
 
-__all__ = ["LocalCluster", "preserved_registrations"]
+T = TypeVar("T")
+
+
+def wait_until(predicate: Callable[[], T], timeout: float, *, what: str = "condition", interval: float = 0.02) -> T:
+    """Poll ``predicate`` until it returns something truthy and return that value.
+
+    For tests and benchmarks that wait for a state (a row, a node, a log line), never for a
+    duration: past ``timeout`` seconds it raises :class:`TimeoutError` naming ``what``.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(interval)
+
+
+__all__ = ["LocalCluster", "preserved_registrations", "wait_until"]

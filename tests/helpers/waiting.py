@@ -6,9 +6,10 @@ here is a failure that names what was awaited, not a measurement.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import TypeVar
+
+from dxf_celery import testing
 
 T = TypeVar("T")
 
@@ -19,12 +20,8 @@ DEFAULT_TIMEOUT = 60.0
 def wait_until(
     predicate: Callable[[], T], timeout: float = DEFAULT_TIMEOUT, interval: float = 0.02, what: str = "condition"
 ) -> T:
-    """Poll ``predicate`` until it returns something truthy and return that value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
+    """Poll ``predicate`` until it returns something truthy and return that value (a timeout fails the test)."""
+    try:
+        return testing.wait_until(predicate, timeout, what=what, interval=interval)
+    except TimeoutError as err:
+        raise AssertionError(str(err)) from None

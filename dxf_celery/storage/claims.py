@@ -10,10 +10,10 @@ state-update time) so the executor learns of modifications without reading the t
   finish is a data-modifying CTE of the claim). ``FOR UPDATE SKIP LOCKED`` keeps two
   claimers off each other's row.
 - SQLite: one ``BEGIN IMMEDIATE`` transaction (one writer at a time) with ``RETURNING``.
-- MariaDB/MySQL (no ``UPDATE ... RETURNING``): one transaction: the finish, then ``UPDATE ...
-  ORDER BY id LIMIT 1`` that hands the claimed id back through ``LAST_INSERT_ID(id)`` in the
-  OK packet, then one read of that row (one log flush per subtask, at COMMIT); InnoDB's row
-  lock and the ``state = 'pending'`` re-check serialise two claimers.
+- MariaDB/MySQL (no ``UPDATE ... RETURNING``): finish and claim-next as one autocommit
+  ``UPDATE`` of two rows that hands the claimed id back through ``LAST_INSERT_ID(id)`` in the
+  OK packet, then one read of that row (:mod:`.claims_mysql`); InnoDB's row lock and the
+  ``state = 'pending'`` re-check serialise two claimers.
 
 Every write keeps the guards of :mod:`.executor_subtasks`: keyed by ``(id, exec_id)``,
 start only from ``pending``, times from the database server's clock.
@@ -31,6 +31,7 @@ from sqlalchemy.sql import TextClause, Update
 from sqlalchemy.sql.elements import BindParameter
 
 from dxf_celery.proto import SubtaskClaim, SubtaskFinish, SubtaskState, TaskState
+from dxf_celery.storage import claims_mysql
 from dxf_celery.storage.base import StorageBase
 from dxf_celery.storage.clock import server_now
 from dxf_celery.storage.engine import DEADLOCK_RETRIES, is_deadlock, is_memory_sqlite, translated_errors
@@ -134,7 +135,8 @@ class SubtaskClaims:
         # ``sqlite://`` is one connection shared by every thread: never hold it.
         self._hold = not is_memory_sqlite(self._engine)
         self._conn: Connection | None = None
-        self._mysql_text: TextClause | None = None
+        self._mysql_claim: TextClause | None = None
+        self._mysql_finish_claim: TextClause | None = None
 
     # ------------------------------------------------------------------ public calls
 
@@ -188,62 +190,32 @@ class SubtaskClaims:
             return _claim_from_row(conn.execute(_CLAIM_SQLITE, params).first())
 
     def _mysql(self, conn: Connection, finish: SubtaskFinish | None, step: int | None) -> SubtaskClaim | None:
-        # One transaction: one log flush at COMMIT instead of one per autocommit statement.
-        with conn.begin():
+        # Autocommit statements: one log flush per statement, no BEGIN/COMMIT round trips.
+        if step is None:
             if finish is not None:
                 conn.execute(_FINISH, self._params(finish, step))
-            if step is None:
-                return None
-            result = conn.execute(self._mysql_claim(conn), self._mysql_params(step))
-            if result.rowcount == 0:
-                return None
-            row = conn.execute(
-                select(
-                    *_s.c,
-                    _t.c.state.label("task_state"),
-                    _t.c.concurrency.label("task_concurrency"),
-                    _t.c.state_update_time.label("task_stamp"),
-                )
-                .join_from(_s, _t, _t.c.id == _s.c.task_id)
-                .where(_s.c.id == result.lastrowid)
-            ).first()
-            return _claim_from_row(row)
-
-    def _mysql_claim(self, conn: Connection) -> TextClause:
-        """SQLAlchemy has no ``UPDATE ... ORDER BY``: the statement is spelt here, bound parameters only."""
-        if self._mysql_text is None:
-            now = str(server_now().compile(dialect=conn.dialect))
-            self._mysql_text = text(
-                # LAST_INSERT_ID(id): the documented idiom; the driver reads the id from the OK packet.
-                # FORCE INDEX: left alone, the optimizer intersects two (exec_id, state) and
-                # (task_id, step, state) ranges and sorts every pending row per claim.
-                f"UPDATE dxf_subtask FORCE INDEX (ix_dxf_subtask_claim) "
-                f"SET id = LAST_INSERT_ID(id), state = :running, "
-                f"start_time = {now}, state_update_time = {now} "
-                f"WHERE task_id = :task_id AND exec_id = :exec_id AND step = :step AND state = :pending "
-                f"AND EXISTS (SELECT 1 FROM dxf_task WHERE dxf_task.id = :task_id "
-                f"AND dxf_task.state IN (:runnable_1, :runnable_2) AND dxf_task.step = :step) "
-                f"ORDER BY id LIMIT 1"
-            )
-        return self._mysql_text
-
-    def _mysql_params(self, step: int) -> dict[str, Any]:
-        return {
-            "running": SubtaskState.RUNNING.value,
-            "pending": SubtaskState.PENDING.value,
-            "task_id": self.task_id,
-            "exec_id": self.exec_id,
-            "step": step,
-            "runnable_1": RUNNABLE_TASK_STATES[0],
-            "runnable_2": RUNNABLE_TASK_STATES[1],
-        }
+            return None
+        claimed = 0
+        if finish is not None:
+            if self._mysql_finish_claim is None:
+                self._mysql_finish_claim = claims_mysql.finish_and_claim_text(conn)
+            params = claims_mysql.finish_params(self.task_id, self.exec_id, step, finish)
+            claimed = conn.execute(self._mysql_finish_claim, params).lastrowid or 0
+        if not claimed:  # a plain claim, or the lowest id went to another claimer, or none is pending
+            if self._mysql_claim is None:
+                self._mysql_claim = claims_mysql.claim_text(conn)
+            result = conn.execute(self._mysql_claim, claims_mysql.claim_params(self.task_id, self.exec_id, step))
+            claimed = (result.lastrowid or 0) if result.rowcount else 0
+        if not claimed:
+            return None
+        return _claim_from_row(conn.execute(claims_mysql.CLAIMED_ROW, {"b_id": claimed}).first())
 
     # ------------------------------------------------------------------ connection
 
     def _connection(self) -> Connection:
         if self._conn is None:
             conn = self._engine.connect()
-            if self._kind == "postgresql":  # one statement per call: no transaction to open
+            if self._kind in ("postgresql", "mysql"):  # one statement at a time: no transaction to open
                 conn = conn.execution_options(isolation_level="AUTOCOMMIT")
             self._conn = conn
         return self._conn
@@ -258,7 +230,7 @@ class SubtaskClaims:
             for attempt in range(DEADLOCK_RETRIES):
                 conn = self._connection()
                 try:
-                    if self._kind != "postgresql" and conn.in_transaction():
+                    if self._kind == "sqlite" and conn.in_transaction():
                         conn.rollback()  # left open by a caller that borrowed the connection
                     return fn(conn)
                 except sa_exc.DBAPIError as err:

@@ -233,3 +233,48 @@ def test_claim_uses_the_claim_index(task_manager: TaskManager, db_kind: str) -> 
         assert "Seq Scan on dxf_subtask" not in plan_text, plan_text
     else:
         assert "ix_dxf_subtask_claim" in plan_text, plan_text
+
+
+@pytest.mark.parametrize("db_kind", ["mariadb"], indirect=True)
+def test_mariadb_finish_and_claim_is_one_autocommit_update_of_two_rows(task_manager: TaskManager) -> None:
+    """No UPDATE ... RETURNING on MariaDB: finish + claim-next is still one statement, no COMMIT,
+    then one read of the claimed row; the UPDATE reads the two ids by primary key, not by a scan."""
+    tm = task_manager
+    task = running_task(tm, n=400)
+    with tm.write_engine.begin() as conn:
+        conn.execute(text("UPDATE dxf_subtask SET state = 'succeed' WHERE ordinal <= 300"))
+        conn.execute(text("ANALYZE TABLE dxf_subtask"))
+    claims = tm.subtask_claims("n1", task.id)
+    statements: list[tuple[str, Any]] = []
+    commits: list[object] = []
+
+    def capture(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
+        statements.append((statement, parameters))
+
+    try:
+        first = claims.claim(1)
+        assert first is not None
+        event.listen(tm.write_engine, "before_cursor_execute", capture)
+        event.listen(tm.write_engine, "commit", lambda conn: commits.append(conn))
+        second = claims.finish_and_claim(SubtaskFinish(first.subtask.id, b"m"), 1)
+    finally:
+        event.remove(tm.write_engine, "before_cursor_execute", capture)
+        claims.close()
+    assert second is not None and second.subtask.ordinal == first.subtask.ordinal + 1
+    kinds = [s.lstrip().split()[0].upper() for s, _ in statements]
+    assert kinds == ["UPDATE", "SELECT"], kinds
+    assert not commits
+    states = {s.id: s.state for s in tm.get_subtasks(task.id)}
+    assert (states[first.subtask.id], states[second.subtask.id]) == (SubtaskState.SUCCEED, SubtaskState.RUNNING)
+    statement, parameters = statements[0]
+    raw = tm.write_engine.raw_connection()
+    try:
+        cursor = raw.cursor()
+        cursor.execute("EXPLAIN " + statement, parameters)
+        columns = [d[0] for d in cursor.description]
+        plan = [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
+        raw.rollback()
+    finally:
+        raw.close()
+    outer = next(p for p in plan if p["table"] == "dxf_subtask")
+    assert (outer["type"], outer["key"]) == ("range", "PRIMARY") and int(outer["rows"]) <= 2, plan

@@ -23,20 +23,55 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Protocol, TypeVar
 
 from dxf_celery.context import Context
 from dxf_celery.errors import ExecutorCancelledError
-from dxf_celery.proto import StepResource, Subtask, SubtaskFinish, Task
+from dxf_celery.proto import StepResource, Subtask, SubtaskClaim, SubtaskFinish, Task
+from dxf_celery.taskexecutor.drain import Drain
 from dxf_celery.taskexecutor.execute import StepExecFrameworkInfo, StepExecutor
 from dxf_celery.taskexecutor.interfaces import Extension, SubtaskClaims
 from dxf_celery.taskexecutor.ownership import RunningHere
+from dxf_celery.taskexecutor.param import Param
 from dxf_celery.taskexecutor.watcher import Watch
 
-if TYPE_CHECKING:
-    from dxf_celery.taskexecutor.task_executor import BaseTaskExecutor
-
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class LaneHost(Protocol):
+    """What the lanes use of :class:`~dxf_celery.taskexecutor.task_executor.BaseTaskExecutor`."""
+
+    ctx: Context
+    param: Param
+    extension: Extension
+    drain_state: Drain
+    _lock: threading.RLock
+    _task: Task
+    _here: RunningHere | None
+
+    @property
+    def _exec_id(self) -> str: ...
+
+    @property
+    def _task_id(self) -> int: ...
+
+    def _sql(self, fn: Callable[[], T], what: str) -> T: ...
+
+    def _run_subtask(self, step_exec: StepExecutor, step_ctx: Context, subtask: Subtask) -> SubtaskFinish | None: ...
+
+    def _finish_and_claim(
+        self,
+        finish: SubtaskFinish | None,
+        step: int | None,
+        *,
+        finished_step: int = 0,
+        claims: SubtaskClaims | None = None,
+    ) -> SubtaskClaim | None: ...
+
+    def _fingerprint_matches(self, claim: SubtaskClaim) -> bool: ...
 
 
 def lane_count(extension: Extension, task: Task) -> int:
@@ -64,7 +99,7 @@ class _Lane:
 class ParallelBlock:
     """One parallel run of a step: lanes started, run, joined."""
 
-    def __init__(self, ex: BaseTaskExecutor, step_ctx: Context, task: Task, lanes: int) -> None:
+    def __init__(self, ex: LaneHost, step_ctx: Context, task: Task, lanes: int) -> None:
         self.ex = ex
         self.step_ctx = step_ctx
         self.task = task
@@ -197,7 +232,7 @@ class ParallelBlock:
             self.here.discard(subtask.id)
 
 
-def live_meta_to_lanes(ex: BaseTaskExecutor, watches: list[Watch]) -> bool:
+def live_meta_to_lanes(ex: LaneHost, watches: list[Watch]) -> bool:
     """The watcher's modify check with parallel lanes: a new meta goes to every running lane.
 
     A concurrency change waits for the subtask boundary (the next claim's fingerprint ends
@@ -226,4 +261,4 @@ def live_meta_to_lanes(ex: BaseTaskExecutor, watches: list[Watch]) -> bool:
     return True
 
 
-__all__ = ["ParallelBlock", "lane_count", "lane_resource", "live_meta_to_lanes"]
+__all__ = ["LaneHost", "ParallelBlock", "lane_count", "lane_resource", "live_meta_to_lanes"]

@@ -49,6 +49,7 @@ SIZES: dict[str, dict[str, Any]] = {
         "small_tasks": 1000,
         "small_cap": 60.0,
         "pool": (4, 40, 0.05),
+        "pool_long": (4, 40, 0.5),
     },
     "quick": {
         "rounds": 1,
@@ -62,6 +63,7 @@ SIZES: dict[str, dict[str, Any]] = {
         "small_tasks": 20,
         "small_cap": 30.0,
         "pool": (4, 6, 0.05),
+        "pool_long": (4, 6, 0.2),
     },
 }
 
@@ -261,6 +263,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             log(f"pool time (parallel subtasks): {results['pool_time']}")
             results["pool_time_one_at_a_time"] = rows.pool_time(st, tasks, subtasks, sleep, 8, parallel=False)
             log(f"pool time (one subtask per task per node, DXF's default): {results['pool_time_one_at_a_time']}")
+            tasks, subtasks, sleep = size["pool_long"]
+            results["pool_time_long"] = rows.pool_time(st, tasks, subtasks, sleep, slots_total=8)
+            log(f"pool time (parallel subtasks, {sleep * 1000:.0f} ms each): {results['pool_time_long']}")
     for kind in kinds:
         if kind == "postgresql":
             continue

@@ -16,6 +16,8 @@ ROWS = (
     "csv_import",
     "latency",
     "pool_time",
+    "pool_time_one_at_a_time",
+    "pool_time_long",
     "throughput_ratio_vs_celery",
 )
 

@@ -5,8 +5,9 @@ backend, for the chord), ``DXF_BENCH_DB_URL``, ``DXF_BENCH_SLOTS`` and ``DXF_BEN
 run's folder, where the recorded times go). Defaults are the scheduler's production intervals.
 
 * ``bench_noop``: a DXF type of ``steps`` steps of ``subtasks`` subtasks that do nothing (or
-  sleep ``sleep`` seconds); the first subtask of step 1 records ``time.monotonic()`` when it
-  starts (CLOCK_MONOTONIC is shared by the processes of a machine: submit -> first running).
+  sleep ``sleep`` seconds; ``parallel``: the type allows parallel subtasks); the first subtask
+  of step 1 records ``time.monotonic()`` when it starts (CLOCK_MONOTONIC is shared by the
+  processes of a machine: submit -> first running).
 * ``bench.noop``: the raw Celery baseline, one Redis ``INCR``.
 * ``bench.insert``: the durable-bookkeeping baseline, one INSERT + COMMIT, then the ``INCR``.
 * ``bench.csv_*``: csv_import's two steps as a Celery chord, through the same functions.
@@ -185,6 +186,9 @@ class BenchExecutorExtension(Extension):
     def get_step_executor(self, task: Task) -> StepExecutor:
         meta = _meta(task.meta)
         return BenchStep(meta.get("record"), float(meta.get("sleep", 0)))
+
+    def allows_parallel_subtasks(self, task: Task) -> bool:
+        return bool(_meta(task.meta).get("parallel", False))
 
 
 class BenchSchedulerExtension(SchedulerExtension):

@@ -211,13 +211,18 @@ def _started(record: Path, task_id: int) -> float | None:
     return None
 
 
-def pool_time(stage: Stage, tasks: int, subtasks: int, sleep: float, slots_total: int) -> dict[str, Any]:
-    """Share of the pool's slot time spent inside subtasks: ``tasks`` tasks (concurrency 2) of sleeping subtasks."""
+def pool_time(
+    stage: Stage, tasks: int, subtasks: int, sleep: float, slots_total: int, *, parallel: bool = True
+) -> dict[str, Any]:
+    """Share of the pool's slot time spent inside subtasks: ``tasks`` tasks (concurrency 2) of sleeping
+    subtasks; ``parallel``: the type allows parallel subtasks (else DXF's one at a time per node)."""
     dxf = stage.dxf
-    meta = json.dumps({"subtasks": subtasks, "sleep": sleep}).encode()
+    meta = json.dumps({"subtasks": subtasks, "sleep": sleep, "parallel": parallel}).encode()
     start = time.monotonic()
+    tag = "par" if parallel else "one"
     ids = [
-        dxf.submit_task(stage.key(f"pool{i}"), stage.bench.TASK_TYPE, meta=meta, concurrency=2).id for i in range(tasks)
+        dxf.submit_task(stage.key(f"pool-{tag}{i}"), stage.bench.TASK_TYPE, meta=meta, concurrency=2).id
+        for i in range(tasks)
     ]
     for task_id in ids:
         if dxf.wait_task(task_id, timeout=600, poll_interval=0.05).state != TaskState.SUCCEED:
@@ -225,7 +230,14 @@ def pool_time(stage: Stage, tasks: int, subtasks: int, sleep: float, slots_total
     wall = time.monotonic() - start
     busy = tasks * subtasks * sleep
     share = busy / (wall * slots_total)
-    return {"tasks": tasks, "subtasks": subtasks, "sleep_s": sleep, "wall_s": wall, "share": share}
+    return {
+        "tasks": tasks,
+        "subtasks": subtasks,
+        "sleep_s": sleep,
+        "parallel": parallel,
+        "wall_s": wall,
+        "share": share,
+    }
 
 
 def csv_dxf(stage: Stage, path: Path, chunk_rows: int) -> float:

@@ -7,7 +7,8 @@ Stages (each on a fresh ``dxf_bench_<pid>`` database, created and dropped via
    raw Celery no-op / DXF no-op subtasks / Celery INSERT+COMMIT group / procrastinate, one task
    of many subtasks, submit -> first subtask running, csv_import vs a Celery chord, then a
    third node and many tiny 2-step tasks;
-2. PostgreSQL, 2 nodes x 4 slots: pool time spent inside subtasks;
+2. PostgreSQL, 2 nodes x 4 slots: pool time spent inside subtasks, with parallel subtasks
+   (the type opts in) and with DXF's one subtask per task per node;
 3. MariaDB and 4. SQLite: rounds of raw Celery / DXF no-op.
 
 Prints the table and writes ``<results-dir>/<date>.json`` (``<date>-quick.json`` with --quick).
@@ -48,6 +49,7 @@ SIZES: dict[str, dict[str, Any]] = {
         "small_tasks": 1000,
         "small_cap": 60.0,
         "pool": (4, 40, 0.05),
+        "pool_long": (4, 40, 0.5),
     },
     "quick": {
         "rounds": 1,
@@ -61,6 +63,7 @@ SIZES: dict[str, dict[str, Any]] = {
         "small_tasks": 20,
         "small_cap": 30.0,
         "pool": (4, 6, 0.05),
+        "pool_long": (4, 6, 0.2),
     },
 }
 
@@ -257,7 +260,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             _warm_up(st)
             tasks, subtasks, sleep = size["pool"]
             results["pool_time"] = rows.pool_time(st, tasks, subtasks, sleep, slots_total=8)
-            log(f"pool time: {results['pool_time']}")
+            log(f"pool time (parallel subtasks): {results['pool_time']}")
+            results["pool_time_one_at_a_time"] = rows.pool_time(st, tasks, subtasks, sleep, 8, parallel=False)
+            log(f"pool time (one subtask per task per node, DXF's default): {results['pool_time_one_at_a_time']}")
+            tasks, subtasks, sleep = size["pool_long"]
+            results["pool_time_long"] = rows.pool_time(st, tasks, subtasks, sleep, slots_total=8)
+            log(f"pool time (parallel subtasks, {sleep * 1000:.0f} ms each): {results['pool_time_long']}")
     for kind in kinds:
         if kind == "postgresql":
             continue

@@ -10,6 +10,9 @@ compares both with what step 1 recorded, plus one subtask that counts every row 
 A difference is a non-retryable :class:`VerifyMismatchError`: the task reverts, and reverting
 (``on_done``) deletes the rows the task imported.
 
+Both steps opt in to parallel subtasks (``allows_parallel_subtasks``): each node runs up to
+the task's ``concurrency`` chunks at once, one step executor per lane.
+
 Task meta (JSON)::
 
     {"csv_path": "/data/orders.csv", "table": "orders",
@@ -305,7 +308,8 @@ class VerifyStepExecutor(_CsvStepExecutor):
 
 
 class CSVImportExecutorExtension(ExecutorExtension):
-    """Executor side: both steps are idempotent (a chunk is replaced, a check only reads)."""
+    """Executor side: both steps are idempotent (a chunk is replaced, a check only reads), and a
+    node runs up to the task's concurrency of chunks at once (parallel subtasks)."""
 
     def __init__(self, default_target: Target | None) -> None:
         self.default_target = default_target
@@ -324,6 +328,10 @@ class CSVImportExecutorExtension(ExecutorExtension):
 
     def is_retryable_error(self, err: BaseException) -> bool:
         return not isinstance(err, DXFError) and is_transient_error(err)
+
+    def allows_parallel_subtasks(self, task: Task) -> bool:
+        """Chunks are independent and their step code is single-threaded: run ``concurrency`` at once."""
+        return True
 
 
 def executor_factory(ctx: Context, task: Task, param: ExecutorParam) -> BaseTaskExecutor:

@@ -63,18 +63,26 @@ class ClaimProtocol:
                 claims.close()
 
     def _finish_and_claim(
-        self, finish: SubtaskFinish | None, step: int | None, *, finished_step: int = 0
+        self,
+        finish: SubtaskFinish | None,
+        step: int | None,
+        *,
+        finished_step: int = 0,
+        claims: SubtaskClaims | None = None,
     ) -> SubtaskClaim | None:
         """Write a success (if any, of ``finished_step``) and claim the next pending subtask of ``step``.
 
         The one place a next subtask is claimed (none when ``step`` is None), in one statement
         or transaction with the previous finish, and so the one place a success is counted in
         the executor's outcome. None when nothing was claimed (none pending here, the task is
-        no longer runnable at ``step``, or the write failed).
+        no longer runnable at ``step``, or the write failed). ``claims``: a parallel lane's own
+        connection (default: the executor's).
         """
         try:
-            claims = self._subtask_claims()
-            claim = self._sql(lambda: claims.finish_and_claim(finish, step), "finish and claim")
+            if claims is None:
+                claims = self._subtask_claims()
+            held = claims
+            claim = self._sql(lambda: held.finish_and_claim(finish, step), "finish and claim")
         except Exception as err:
             what = f"finish subtask {finish.subtask_id}" if finish is not None else "claim a subtask"
             logger.warning("task %d: cannot %s: %s", self._task_id, what, err)

@@ -27,7 +27,7 @@ from dxf_celery.context import Context
 from dxf_celery.errors import NodeFencedError
 from dxf_celery.proto import Subtask, SubtaskState
 from dxf_celery.taskexecutor.interfaces import Extension, TaskTable
-from dxf_celery.taskexecutor.ownership import SubtaskMovedAwayError, check_ownership
+from dxf_celery.taskexecutor.ownership import RunningHere, SubtaskMovedAwayError, check_ownership
 from dxf_celery.taskexecutor.param import Param
 
 logger = logging.getLogger(__name__)
@@ -61,9 +61,16 @@ class FenceCheck:
     """The watcher's fence check for one running subtask (called at every turn of its loop)."""
 
     def __init__(
-        self, fence: Fence, param: Param, extension: Extension, subtask: Subtask, subtask_ctx: Context
+        self,
+        fence: Fence,
+        param: Param,
+        extension: Extension,
+        subtask: Subtask,
+        subtask_ctx: Context,
+        here: RunningHere | None = None,
     ) -> None:
         self.fence = fence
+        self.here = here
         self.table: TaskTable = param.task_table
         self.extension = extension
         self.exec_id = param.exec_id
@@ -111,7 +118,7 @@ class FenceCheck:
             self.subtask_ctx.cancel(SubtaskMovedAwayError())
             return False
         # Still ours: settle this node's other rows of the step as the periodic check does.
-        return check_ownership(self.table, self.extension, self.exec_id, self.subtask, self.subtask_ctx)
+        return check_ownership(self.table, self.extension, self.exec_id, self.subtask, self.subtask_ctx, self.here)
 
 
 def verify_owned(table: TaskTable, exec_id: str, subtask: Subtask) -> bool | None:

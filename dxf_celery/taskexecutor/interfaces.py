@@ -140,3 +140,14 @@ class Extension(abc.ABC):
     def is_retryable_error(self, err: BaseException) -> bool:
         """Whether ``err`` is transient: the subtask is left ``running`` and tried again."""
         return False
+
+    def allows_parallel_subtasks(self, task: Task) -> bool:
+        """Whether one node may run up to ``task``'s concurrency of its subtasks at once (default: no).
+
+        DXF runs one subtask of a task per node at a time and expects the step executor to
+        use the task's slots inside. A type whose step code is single-threaded opts in here:
+        the executor then runs one *lane* per slot (``task.runtime_slots()``), each with its
+        own step executor from :meth:`get_step_executor` (so summaries stay per subtask and
+        step code need not be thread-safe), inside the slots the task already holds.
+        """
+        return False

@@ -14,6 +14,8 @@ Context tree (cancelling a level cancels everything below it)::
 
 Cancelling is cooperative; step code still running ``cancel_grace`` seconds after its
 subtask ctx was cancelled is interrupted by the watcher (:mod:`.interrupt`, :mod:`.watcher`).
+A type that opts in to parallel subtasks runs them in lanes (:mod:`.parallel`), each subtask
+ctx still a child of the one step ctx.
 """
 
 from __future__ import annotations
@@ -35,14 +37,14 @@ from dxf_celery.errors import (
 )
 from dxf_celery.proto import Subtask, SubtaskFinish, SubtaskState, Task, TaskBase, TaskState
 from dxf_celery.retry import run_with_retry
-from dxf_celery.taskexecutor import interrupt, outcome
+from dxf_celery.taskexecutor import interrupt, outcome, parallel
 from dxf_celery.taskexecutor.claiming import ClaimProtocol
 from dxf_celery.taskexecutor.drain import Drain, back_to_pending
 from dxf_celery.taskexecutor.execute import StepExecFrameworkInfo, StepExecutor
 from dxf_celery.taskexecutor.fencing import Fence, FenceCheck
 from dxf_celery.taskexecutor.interfaces import Extension, SubtaskClaims
 from dxf_celery.taskexecutor.live_changes import apply_live_changes
-from dxf_celery.taskexecutor.ownership import SubtaskMovedAwayError, check_ownership
+from dxf_celery.taskexecutor.ownership import RunningHere, SubtaskMovedAwayError, check_ownership
 from dxf_celery.taskexecutor.param import Param
 from dxf_celery.taskexecutor.watcher import Watch, Watcher
 
@@ -72,6 +74,7 @@ class BaseTaskExecutor(ClaimProtocol):
         self._step_exec: StepExecutor | None = None
         self._step_ctx: Context | None = None
         self._claims: SubtaskClaims | None = None
+        self._here: RunningHere | None = None  # the lanes' running subtasks, while parallel (:mod:`.parallel`)
         self.drain_state = Drain()  # read by tests and launchers; set through drain()
         self._fence = Fence(param.intervals.fence_after)
         self.outcome = outcome.ExecutorOutcome()  # what this run did and why it stopped (dxf.execute reports it)
@@ -81,7 +84,11 @@ class BaseTaskExecutor(ClaimProtocol):
             watch=lambda w: self._watch_task_state(),
             balance=lambda w: self._check_balance(w.subtask, w.subtask_ctx),
             summary=lambda w: self._persist_summary(w.step_exec, w.subtask.id, final=False),
-            modify=lambda w: self._detect_modification(w.step_exec, w.subtask_ctx),
+            modify=lambda w: (
+                self._detect_modification(w.step_exec, w.subtask_ctx)
+                if self._here is None
+                else parallel.live_meta_to_lanes(self, self._watcher.live())
+            ),
             fence=lambda w: w.fence() if w.fence is not None else True,
             enforce=self._enforce_cancel,
         )
@@ -261,6 +268,9 @@ class BaseTaskExecutor(ClaimProtocol):
 
         True after a success (look again at once), False after any other outcome.
         """
+        lanes = parallel.lane_count(self.extension, self.task)
+        if lanes > 1:
+            return parallel.ParallelBlock(self, step_ctx, self.task, lanes).run(step_exec, subtask)
         while True:
             finish = self._run_subtask(step_exec, step_ctx, subtask)
             if finish is None:
@@ -346,7 +356,7 @@ class BaseTaskExecutor(ClaimProtocol):
         except Exception:
             logger.exception("task %d: reset_summary failed", self._task_id)
         watch = self._watcher.begin(step_exec, subtask, subtask_ctx)
-        watch.fence = FenceCheck(self._fence, self.param, self.extension, subtask, subtask_ctx)
+        watch.fence = FenceCheck(self._fence, self.param, self.extension, subtask, subtask_ctx, self._here)
         error: BaseException | None = None
         try:
             with interrupt.step_code(subtask.id):
@@ -431,7 +441,7 @@ class BaseTaskExecutor(ClaimProtocol):
         return True
 
     def _check_balance(self, current: Subtask, subtask_ctx: Context) -> bool:
-        return check_ownership(self.param.task_table, self.extension, self._exec_id, current, subtask_ctx)
+        return check_ownership(self.param.task_table, self.extension, self._exec_id, current, subtask_ctx, self._here)
 
     def _summary_text(self, step_exec: StepExecutor) -> str | None:
         try:

@@ -1,4 +1,4 @@
-"""One watcher thread per task executor: the periodic checks of the running subtask, and its cancel deadline.
+"""One watcher thread per task executor: the periodic checks of the running subtasks, and their cancel deadlines.
 
 A thread started and joined per subtask cost more than a no-op subtask itself; this one
 lives as long as the executor. The executor hands it each subtask with :meth:`Watcher.begin`
@@ -6,6 +6,10 @@ and takes it back with :meth:`Watcher.end`; the watcher sleeps until the next ch
 or until it is kicked (the step's context was cancelled), so a short subtask costs it
 nothing. Checks run under a lock that :meth:`Watcher.end` takes too: once ``end`` returned,
 no check of that subtask is running or will run.
+
+With parallel subtasks several subtasks are watched at once: the per-subtask checks run for
+each, the task-level ones (``TASK_CHECKS``) once per period, and each cancelled subtask gets
+its own enforcement thread, so one stubborn subtask does not delay another's deadline.
 """
 
 from __future__ import annotations
@@ -47,6 +51,9 @@ class Watch:
 #: ``check(watch) -> keep``: False stops that check for the rest of this subtask.
 Check = Callable[[Watch], bool]
 
+#: Checks about the task, not one subtask: run once per period (with the oldest live subtask).
+TASK_CHECKS = frozenset({"watch", "modify"})
+
 
 class Watcher:
     """Runs ``checks`` (name -> (period, check)) on the current subtask, and ``enforce`` on a
@@ -58,7 +65,7 @@ class Watcher:
         self._enforce = enforce
         self._cv = threading.Condition()
         self._check_lock = threading.Lock()
-        self._current: Watch | None = None
+        self._watches: list[Watch] = []
         self._stopped = False
         self._thread: threading.Thread | None = None
         now = time.monotonic()
@@ -103,7 +110,7 @@ class Watcher:
         """Watch ``subtask`` from now on (called by the thread that runs its step code)."""
         watch = Watch(step_exec, subtask, subtask_ctx, threading.get_ident())
         with self._cv:
-            self._current = watch
+            self._watches.append(watch)
             if subtask_ctx.done():
                 self._cv.notify_all()
         return watch
@@ -112,11 +119,16 @@ class Watcher:
         """The step code returned: stop watching; no check of ``watch`` runs after this returns."""
         watch.returned.set()
         with self._check_lock, self._cv:
-            if self._current is watch:
-                self._current = None
+            if watch in self._watches:
+                self._watches.remove(watch)
+
+    def live(self) -> list[Watch]:
+        """The subtasks watched now whose step code runs (oldest first)."""
+        with self._cv:
+            return [w for w in self._watches if w.live()]
 
     def kick(self) -> None:
-        """Look at the current subtask now (its context may just have been cancelled)."""
+        """Look at the watched subtasks now (a context may just have been cancelled)."""
         with self._cv:
             self._cv.notify_all()
 
@@ -128,46 +140,55 @@ class Watcher:
             while True:
                 if self._stopped:
                     return "stop", None
-                current = self._current
-                if current is not None and current.live() and current.subtask_ctx.done() and not current.enforced:
-                    return "enforce", current
+                for w in self._watches:
+                    if w.live() and w.subtask_ctx.done() and not w.enforced:
+                        w.enforced = True
+                        return "enforce", w
                 timeout = min(self._due.values()) - time.monotonic()
                 if timeout <= 0:
-                    return "checks", current
+                    return "checks", None
                 self._cv.wait(timeout)
 
     def _loop(self) -> None:
         while True:
-            action, current = self._next_action()
+            action, watch = self._next_action()
             if action == "stop":
                 return
-            if action == "enforce" and current is not None:
-                current.enforced = True
-                try:
-                    self._enforce(current)
-                except Exception:
-                    logger.exception("%s: enforcing a cancellation failed", self._name)
+            if action == "enforce" and watch is not None:
+                # Its own thread: enforcing waits for the step code to return, and other
+                # subtasks (parallel lanes) may need their checks or deadlines meanwhile.
+                threading.Thread(
+                    target=self._enforce_one, args=(watch,), name=f"{self._name}-enforce", daemon=True
+                ).start()
                 continue
-            self._run_due_checks(current)
+            self._run_due_checks()
 
-    def _run_due_checks(self, current: Watch | None) -> None:
+    def _enforce_one(self, watch: Watch) -> None:
+        try:
+            self._enforce(watch)
+        except Exception:
+            logger.exception("%s: enforcing a cancellation failed", self._name)
+
+    def _run_due_checks(self) -> None:
         now = time.monotonic()
         for name, (period, check) in self._checks.items():
             if now < self._due[name]:
                 continue
             self._due[name] = now + period
-            if current is None or name in current.stopped_checks:
-                continue
-            with self._check_lock:
-                if self._current is not current or not current.live() or current.subtask_ctx.done():
-                    return
-                try:
-                    keep = check(current)
-                except Exception:
-                    logger.exception("%s: %s check failed", self._name, name)
-                    keep = True
-            if not keep:
-                current.stopped_checks.add(name)
+            watches = self.live()
+            for watch in watches[:1] if name in TASK_CHECKS else watches:
+                if name in watch.stopped_checks:
+                    continue
+                with self._check_lock:
+                    if watch not in self._watches or not watch.live() or watch.subtask_ctx.done():
+                        continue
+                    try:
+                        keep = check(watch)
+                    except Exception:
+                        logger.exception("%s: %s check failed", self._name, name)
+                        keep = True
+                if not keep:
+                    watch.stopped_checks.add(name)
 
 
-__all__ = ["Check", "Watch", "Watcher"]
+__all__ = ["TASK_CHECKS", "Check", "Watch", "Watcher"]

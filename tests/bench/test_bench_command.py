@@ -27,6 +27,8 @@ ROWS = {
     "latency": ("p50_ms", "p95_ms"),
     "small_tasks": ("tasks_per_s", "submit_per_s"),
     "pool_time": ("share",),
+    "pool_time_one_at_a_time": ("share",),
+    "pool_time_long": ("share",),
 }
 
 

@@ -191,6 +191,78 @@ def test_csv_import_succeeds_with_exact_rows_and_checksum(cluster: LocalCluster,
     assert json.loads(done.meta)["columns"][0] == {"name": "id", "type": "int"}
 
 
+class _PairedImport(csv_import.ImportStepExecutor):
+    """The first chunk a node imports waits until a second chunk runs on that node too."""
+
+    def __init__(self, inner: csv_import.ImportStepExecutor, pairs: _Pairs) -> None:
+        super().__init__(inner.task, inner.meta, inner.target)
+        self.pairs = pairs
+
+    def run_subtask(self, ctx: Context, subtask: Subtask) -> None:
+        self.pairs.enter(ctx, subtask.exec_id)
+        try:
+            super().run_subtask(ctx, subtask)
+        finally:
+            self.pairs.leave(subtask.exec_id)
+
+
+class _Pairs:
+    def __init__(self) -> None:
+        self.cv = threading.Condition()
+        self.now: Counter[str] = Counter()
+        self.most: Counter[str] = Counter()
+        self.first: set[str] = set()
+
+    def enter(self, ctx: Context, node: str) -> None:
+        with self.cv:
+            self.now[node] += 1
+            self.most[node] = max(self.most[node], self.now[node])
+            self.cv.notify_all()
+            if node in self.first:
+                return
+            self.first.add(node)
+            # One at a time per node would wait here forever: the test would fail on the wait's bound.
+            if not self.cv.wait_for(lambda: self.now[node] >= 2 or ctx.done(), timeout=60):
+                raise AssertionError(f"no second chunk ran on {node} beside the first")
+
+    def leave(self, node: str) -> None:
+        with self.cv:
+            self.now[node] -= 1
+
+
+class _PairedCsvExtension(csv_import.CSVImportExecutorExtension):
+    def __init__(self, target: csvtable.Target, pairs: _Pairs) -> None:
+        super().__init__(target)
+        self.pairs = pairs
+
+    def get_step_executor(self, task: Task) -> StepExecutor:
+        step = super().get_step_executor(task)
+        return _PairedImport(step, self.pairs) if isinstance(step, csv_import.ImportStepExecutor) else step
+
+
+def test_csv_import_runs_concurrency_chunks_at_once_on_each_node(cluster: LocalCluster, tmp_path: Path) -> None:
+    """csv_import opts in to parallel subtasks: a node runs two chunks side by side (concurrency 2)."""
+    pairs = _Pairs()
+    tm = cluster.task_manager
+    target = csvtable.Target(tm.read_engine, tm.write_engine)
+
+    def factory(ctx: Context, task: Task, param: Param) -> BaseTaskExecutor:
+        return BaseTaskExecutor(ctx, task, param, _PairedCsvExtension(target, pairs))
+
+    register_task_type(csv_import.TASK_TYPE, factory)
+    try:
+        path = csvdata.generate_csv(tmp_path / "orders.csv", 4000, seed=13)
+        meta = csv_import.build_meta(path, TABLE, chunk_rows=250, columns=GENERATED_COLUMNS)
+        task = cluster.submit_task("orders-par", csv_import.TASK_TYPE, meta=meta, concurrency=2)
+        done = cluster.wait_task(task.id, timeout=120)
+    finally:
+        csv_import.register()
+    assert done.state == TaskState.SUCCEED
+    assert table_rows(tm, task.id) == 4000
+    assert pairs.first  # some node imported chunks
+    assert all(pairs.most[node] == 2 for node in pairs.first), pairs.most  # two at once, never more
+
+
 def test_corrupted_line_reverts_with_a_clear_error(cluster: LocalCluster, tmp_path: Path) -> None:
     path = csvdata.generate_csv(tmp_path / "orders.csv", 3000, seed=2)
     lines = path.read_bytes().split(b"\n")

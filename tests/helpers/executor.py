@@ -22,6 +22,7 @@ from dxf_celery.taskexecutor import (
     Intervals,
     Manager,
     Param,
+    SubtaskSummary,
     clear_task_executors,
     register_task_type,
 )
@@ -90,6 +91,8 @@ class TestType:
         self.live_meta = False  # step executor accepts task_meta_modified
         self.live_resource = False  # step executor accepts resource_modified
         self.gates: dict[int, threading.Event] = {}  # subtask ordinal -> released when set
+        self.parallel = False  # Extension.allows_parallel_subtasks
+        self.summaries = False  # step executors report a summary of row_count = the subtask's ordinal
 
     def block_on_ctx(self) -> None:
         """Subtasks wait on their ctx until their gate (by ordinal) is opened or the ctx is cancelled."""
@@ -125,12 +128,22 @@ class RecordingExtension(Extension):
     def is_retryable_error(self, err: BaseException) -> bool:
         return self.tt.retryable(err)
 
+    def allows_parallel_subtasks(self, task: Task) -> bool:
+        return self.tt.parallel
+
 
 class RecordingStepExecutor(BaseStepExecutor):
     def __init__(self, tt: TestType, task: Task) -> None:
         self.tt = tt
         self.task_meta = task.meta
         self.task_id = task.id
+        self.summary = SubtaskSummary()
+
+    def realtime_summary(self) -> SubtaskSummary | None:
+        return self.summary if self.tt.summaries else None
+
+    def reset_summary(self) -> None:
+        self.summary.reset()
 
     def init(self, ctx: Context) -> None:
         err = self.tt.step_init_error()
@@ -145,6 +158,7 @@ class RecordingStepExecutor(BaseStepExecutor):
         run = Run(subtask.exec_id, subtask.task_id, subtask.id, subtask.step)
         with self.tt.rec.lock:
             self.tt.rec.runs.append(run)
+        self.summary.add(rows=subtask.ordinal)
         try:
             self.tt.behaviour(ctx, subtask)
         except BaseException as err:

@@ -3,7 +3,8 @@
 Meta (JSON): ``steps``, ``subtasks``, ``sleep`` (seconds per subtask), ``mode`` ("ctx": waits
 on its context; "busy": a Python loop of short sleeps that never looks at the context, so
 only the framework's forced interruption stops it), ``idempotent``, ``record`` (the log file),
-``hold`` (a file path: every subtask runs until that file exists, see :func:`release`).
+``hold`` (a file path: every subtask runs until that file exists, see :func:`release`),
+``parallel`` (the type allows parallel subtasks).
 
 ``hold`` is how a test keeps work open: the subtasks stay running (or blocked in Python,
 with ``mode="busy"``) for as long as the test needs, whatever the machine's speed, and end
@@ -57,6 +58,7 @@ def e2e_meta(
     mode: str = "ctx",
     idempotent: bool = True,
     hold: str | os.PathLike[str] | None = None,
+    parallel: bool = False,
 ) -> bytes:
     return json.dumps(
         {
@@ -67,6 +69,7 @@ def e2e_meta(
             "idempotent": idempotent,
             "record": record,
             "hold": os.fspath(hold) if hold is not None else None,
+            "parallel": parallel,
         }
     ).encode()
 
@@ -158,6 +161,9 @@ class E2EExecutorExtension(Extension):
 
     def get_step_executor(self, task: Task) -> StepExecutor:
         return E2EStepExecutor(_meta(task.meta))
+
+    def allows_parallel_subtasks(self, task: Task) -> bool:
+        return bool(self.meta.get("parallel", False))
 
 
 class E2ESchedulerExtension(SchedulerExtension):

@@ -21,7 +21,7 @@ from typing import TypeAlias
 
 from dxf_celery.context import Context
 from dxf_celery.errors import DXFError, TaskNotFoundError, UnknownTaskTypeError, is_transient_error
-from dxf_celery.proto import ManagedNode, SubtaskState, TaskBase, TaskState
+from dxf_celery.proto import ManagedNode, SubtaskState, TaskBase, TaskState, used_slots
 from dxf_celery.retry import ExponentialBackoff
 from dxf_celery.scheduler.balancer import Balancer
 from dxf_celery.scheduler.cleanup import cleanup_finished_tasks, gc_subtask_history
@@ -233,7 +233,8 @@ class Manager:
         nodes = self.node_manager.get_nodes()
         # The batched reads come first so the usage read after them is newer than every count.
         prefetched = self._prefetch()
-        self.slot_manager.update(nodes, self._used_slots())
+        used, used_fresh = self._used_slots()
+        self.slot_manager.update(nodes, used, fresh=used_fresh)
         self._start_candidates(nodes)
         if self._run_schedulers(self._ranked_schedulers(), prefetched):
             # Tasks finished: their slots go to waiting tasks in this pass, not one pass later.
@@ -332,18 +333,24 @@ class Manager:
                 dropped = True
         return dropped
 
-    def _used_slots(self) -> dict[str, int] | None:
-        """Slots in use per node (one aggregate), or None to reuse the last read this pass.
+    def _used_slots(self) -> tuple[dict[str, int] | None, bool]:
+        """Slots in use per node and whether they are fresh, or None to reuse the last read.
 
         Reservations may use a read up to one balance interval old (subtasks that ended since
         only make it cautious, and plans are counted in as they happen); any plan reads it
-        fresh first. So a steady pass over many live subtasks skips the aggregate.
+        fresh first. The last balancing round's load aggregate (one pass old) serves as that
+        read when there is one, so a steady pass over many live subtasks reads no aggregate
+        of its own.
         """
         now = time.monotonic()
+        load, self.balancer.last_load = self.balancer.last_load, None
+        if load is not None:
+            self._used_read_at = now
+            return used_slots(load), False
         if now - self._used_read_at < self.intervals.balance:
-            return None
+            return None, False
         self._used_read_at = now
-        return self.task_manager.get_used_slots_on_nodes()
+        return self.task_manager.get_used_slots_on_nodes(), True
 
     def _prefetch(self) -> _Prefetched | None:
         """The bases and current-step counts of every scheduled task, in two statements."""

@@ -31,6 +31,7 @@ from dxf_celery.scheduler.param import Param, SchedulerIntervals
 from dxf_celery.scheduler.planning import PlanningRetries
 from dxf_celery.scheduler.register import SchedulerFactory, get_scheduler_factory
 from dxf_celery.scheduler.slots import SlotManager
+from dxf_celery.scheduler.switches import StepSwitches
 from dxf_celery.storage import TaskManager
 from dxf_celery.storage.retention import purge_history
 
@@ -90,6 +91,7 @@ class Manager:
         self.node_manager = NodeManager(task_manager)
         self.slot_manager = SlotManager()
         self.balancer = Balancer(task_manager, self.node_manager, self.slot_manager)
+        self.step_switches = StepSwitches(task_manager)
         self._schedulers: dict[int, _Entry] = {}
         self._parked: dict[int, _Parked] = {}
         self._waiting: dict[int, str] = {}
@@ -331,6 +333,7 @@ class Manager:
                 self._drop(task_id)
                 self._cleanup_due = True
                 dropped = True
+        self.step_switches.flush()
         return dropped
 
     def _used_slots(self) -> tuple[dict[str, int] | None, bool]:
@@ -397,7 +400,16 @@ class Manager:
         except TaskNotFoundError:
             return None
         ctx = self.ctx.child()
-        param = Param(tm, self.node_manager, self.slot_manager, self.owner_id, allocated, self.intervals, self.planning)
+        param = Param(
+            tm,
+            self.node_manager,
+            self.slot_manager,
+            self.owner_id,
+            allocated,
+            self.intervals,
+            self.planning,
+            self.step_switches,
+        )
         try:
             sched = factory(ctx, task, param)
             sched.init()

@@ -106,3 +106,30 @@ def test_a_lost_node_has_its_rows_read_and_moved(task_manager: TaskManager) -> N
     with statements(tm) as seen:
         passes(m, 2)
     assert row_reads(seen) == []
+
+
+def test_several_step_switches_of_a_pass_share_one_transaction(task_manager: TaskManager) -> None:
+    tm = task_manager
+    nodes(tm, "n1", "n2")
+    m = manager(tm, intervals=BALANCE_EVERY_PASS)
+    tasks = [handle.submit_task(tm, f"k{i}", TASK_TYPE, meta=demo_meta(steps=1, subtasks=2)) for i in range(3)]
+    transactions: list[list[str]] = []
+
+    def begin(conn: Any) -> None:
+        transactions.append([])
+
+    def record(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
+        if transactions:
+            transactions[-1].append(" ".join(statement.split()[:3]))
+
+    event.listen(tm.write_engine, "begin", begin)
+    event.listen(tm.write_engine, "before_cursor_execute", record)
+    try:
+        passes(m)
+    finally:
+        event.remove(tm.write_engine, "begin", begin)
+        event.remove(tm.write_engine, "before_cursor_execute", record)
+    inserting = [t for t in transactions if "INSERT INTO dxf_subtask" in t]
+    assert len(inserting) == 1, transactions  # three tasks' switches, one transaction
+    for task in tasks:
+        assert (handle.get_task(tm, task.id).state, len(tm.get_subtasks(task.id, 1))) == ("running", 2)

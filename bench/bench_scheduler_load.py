@@ -11,8 +11,11 @@
 
     python bench/bench_scheduler_load.py --db sqlite,postgresql --tasks 1000 --subtasks 100000 --tiny 1000
 
-PostgreSQL uses the database named by ``--pg-db`` on ``--pg-url`` (created if missing; its
-dxf tables are migrated and emptied).
+3. ``queries``: the median of each per-pass read (slot usage, the live-load aggregate, one
+   task's active rows, the step counts) over the same populated tables.
+
+PostgreSQL and MariaDB use the database named by ``--pg-db`` on ``--pg-url`` /
+``--mariadb-url`` (created if missing; its dxf tables are migrated and emptied).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import argparse
 import statistics
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -74,12 +77,13 @@ def register() -> None:
     taskexecutor.register_task_type(LOAD_TYPE, lambda ctx, task, param: BaseTaskExecutor(ctx, task, param, _ExecExt()))
 
 
-def fresh_url(kind: str, tmp: Path, pg_url: str, pg_db: str, name: str) -> str:
+def fresh_url(kind: str, tmp: Path, pg_url: str, pg_db: str, name: str, mariadb_url: str = "") -> str:
     if kind == "sqlite":
         url = f"sqlite:///{tmp / (name + '.db')}"
         migrate(url)
         return url
-    return fresh_dxf_database(pg_url.rsplit("/", 1)[0] + "/" + pg_db)
+    server = mariadb_url if kind == "mariadb" else pg_url
+    return fresh_dxf_database(server.rsplit("/", 1)[0] + "/" + pg_db)
 
 
 def _populate(tm: TaskManager, tasks: int, subtasks: int) -> None:
@@ -169,6 +173,32 @@ def bench_pass(url: str, tasks: int, subtasks: int, passes: int) -> dict[str, li
         tm.dispose()
 
 
+def bench_queries(url: str, tasks: int, subtasks: int, rounds: int = 9) -> dict[str, float]:
+    """Median ms of each per-pass read of the scheduler over the populated tables."""
+    tm = TaskManager(url)
+    try:
+        _populate(tm, tasks, subtasks)
+        first = tm.get_all_tasks()[0]
+        reads: dict[str, Callable[[], object]] = {
+            "get_used_slots_on_nodes": tm.get_used_slots_on_nodes,
+            "get_active_subtasks (one task)": lambda: tm.get_active_subtasks(first.id),
+            "get_step_counts": lambda: tm.get_step_counts({t.id: 1 for t in tm.get_all_tasks()}),
+        }
+        if hasattr(tm, "get_live_load"):  # not in releases before the load index (to compare)
+            reads["get_live_load"] = tm.get_live_load
+        out = {}
+        for label, read in reads.items():
+            samples = []
+            for _ in range(rounds):
+                start = time.perf_counter()
+                read()
+                samples.append(time.perf_counter() - start)
+            out[label] = statistics.median(samples) * 1000
+        return out
+    finally:
+        tm.dispose()
+
+
 def bench_tiny(url: str, n: int, *, production: bool) -> tuple[float, float]:
     """(submits/s, tasks/s end to end) for ``n`` tiny two-step tasks."""
     register()
@@ -210,15 +240,20 @@ def main() -> None:
     parser.add_argument("--subtasks", type=int, default=100_000)
     parser.add_argument("--passes", type=int, default=15)
     parser.add_argument("--tiny", type=int, default=1000)
-    parser.add_argument("--only", choices=("pass", "tiny", "tiny-fast", "tiny-production"), default=None)
+    parser.add_argument("--only", choices=("pass", "queries", "tiny", "tiny-fast", "tiny-production"), default=None)
     parser.add_argument("--pg-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
-    parser.add_argument("--pg-db", default="dxf_bench_sched")
+    parser.add_argument("--pg-db", default="dxf_bench_sched", help="the database name (PostgreSQL and MariaDB)")
+    parser.add_argument("--mariadb-url", default="mysql+pymysql://root@127.0.0.1:3306/test")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         for kind in [k.strip() for k in args.db.split(",") if k.strip()]:
+            if args.only in (None, "queries"):
+                url = fresh_url(kind, tmp, args.pg_url, args.pg_db, "queries", args.mariadb_url)
+                for label, ms in bench_queries(url, args.tasks, args.subtasks).items():
+                    print(f"{kind:10s} {label} at {args.tasks} tasks / {args.subtasks} subtasks: {ms:.1f} ms")
             if args.only in (None, "pass"):
-                url = fresh_url(kind, tmp, args.pg_url, args.pg_db, "pass")
+                url = fresh_url(kind, tmp, args.pg_url, args.pg_db, "pass", args.mariadb_url)
                 res = bench_pass(url, args.tasks, args.subtasks, args.passes)
                 for label, _, _ in PASS_VARIANTS:
                     print(
@@ -229,7 +264,7 @@ def main() -> None:
                 want = "tiny-production" if production else "tiny-fast"
                 if args.only not in (None, "tiny", want):
                     continue
-                url = fresh_url(kind, tmp, args.pg_url, args.pg_db, f"tiny{production}")
+                url = fresh_url(kind, tmp, args.pg_url, args.pg_db, f"tiny{production}", args.mariadb_url)
                 submit_rate, rate = bench_tiny(url, args.tiny, production=production)
                 label = "DXF default intervals" if production else "fast intervals (0.05 s)"
                 print(

@@ -11,7 +11,7 @@ import enum
 import json
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeAlias
 
 #: The step of a task that has not been planned yet.
 STEP_INIT = -1
@@ -345,6 +345,40 @@ class TaskExecInfo:
 
     task: TaskBase
     subtask_concurrency: int
+
+
+@dataclass(frozen=True)
+class NodeLoad:
+    """One task's live subtasks on one node, as the scheduler's aggregate reads them (no rows).
+
+    ``first_running`` / ``first_pending`` are the lowest ids in each state (0: none), so the
+    balancer can order nodes exactly as it orders the rows themselves (running first, by id).
+    """
+
+    pending: int = 0
+    running: int = 0
+    #: The largest concurrency among them: the slots the task holds on the node.
+    concurrency: int = 0
+    first_pending: int = 0
+    first_running: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.pending + self.running
+
+
+#: Live load per task id, then per exec id (only pairs with a pending or running subtask).
+LiveLoad: TypeAlias = dict[int, dict[str, NodeLoad]]
+
+
+def used_slots(load: LiveLoad) -> dict[str, int]:
+    """Per node: the sum over tasks of the largest concurrency of its live subtasks (DXF's
+    ``GetUsedSlotsOnNodes``), from the aggregate."""
+    out: dict[str, int] = {}
+    for per_node in load.values():
+        for exec_id, cell in per_node.items():
+            out[exec_id] = out.get(exec_id, 0) + cell.concurrency
+    return out
 
 
 @dataclass(frozen=True)

@@ -347,6 +347,21 @@ class BaseScheduler:
         ]
         total = sum(len(m) for m in metas)
         self._wrote()
+        held = set(nodes[: len(subtasks)])
+
+        def planned(switched: bool) -> None:
+            if switched:
+                logger.info(
+                    "task %d: step %d planned with %d subtasks on %d nodes", task.id, next_step, len(metas), len(nodes)
+                )
+
+        queue = self.param.step_switches
+        if queue is not None and total < self.param.intervals.batch_switch_bytes:
+            # Written with the pass's other switches; its slots count for the rest of the pass
+            # now (a switch that then loses only leaves the usage cautious until the next read).
+            slots.account(held, task.concurrency)
+            queue.add(task, TaskState.RUNNING, next_step, subtasks, planned)
+            return
         try:
             if total >= self.param.intervals.batch_switch_bytes:
                 switched = tm.switch_task_step_in_batch(task, TaskState.RUNNING, next_step, subtasks)
@@ -357,10 +372,8 @@ class BaseScheduler:
             self._revert(err)
             return
         if switched:
-            slots.account(set(nodes[: len(subtasks)]), task.concurrency)
-            logger.info(
-                "task %d: step %d planned with %d subtasks on %d nodes", task.id, next_step, len(metas), len(nodes)
-            )
+            slots.account(held, task.concurrency)
+        planned(switched)
 
 
 def _same_base(base: TaskBase, task: Task) -> bool:

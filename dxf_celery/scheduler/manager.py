@@ -21,7 +21,7 @@ from typing import TypeAlias
 
 from dxf_celery.context import Context
 from dxf_celery.errors import DXFError, TaskNotFoundError, UnknownTaskTypeError, is_transient_error
-from dxf_celery.proto import ManagedNode, SubtaskState, TaskBase, TaskState
+from dxf_celery.proto import ManagedNode, SubtaskState, TaskBase, TaskState, used_slots
 from dxf_celery.retry import ExponentialBackoff
 from dxf_celery.scheduler.balancer import Balancer
 from dxf_celery.scheduler.cleanup import cleanup_finished_tasks, gc_subtask_history
@@ -31,6 +31,7 @@ from dxf_celery.scheduler.param import Param, SchedulerIntervals
 from dxf_celery.scheduler.planning import PlanningRetries
 from dxf_celery.scheduler.register import SchedulerFactory, get_scheduler_factory
 from dxf_celery.scheduler.slots import SlotManager
+from dxf_celery.scheduler.switches import StepSwitches
 from dxf_celery.storage import TaskManager
 from dxf_celery.storage.retention import purge_history
 
@@ -90,6 +91,7 @@ class Manager:
         self.node_manager = NodeManager(task_manager)
         self.slot_manager = SlotManager()
         self.balancer = Balancer(task_manager, self.node_manager, self.slot_manager)
+        self.step_switches = StepSwitches(task_manager)
         self._schedulers: dict[int, _Entry] = {}
         self._parked: dict[int, _Parked] = {}
         self._waiting: dict[int, str] = {}
@@ -233,7 +235,8 @@ class Manager:
         nodes = self.node_manager.get_nodes()
         # The batched reads come first so the usage read after them is newer than every count.
         prefetched = self._prefetch()
-        self.slot_manager.update(nodes, self._used_slots())
+        used, used_fresh = self._used_slots()
+        self.slot_manager.update(nodes, used, fresh=used_fresh)
         self._start_candidates(nodes)
         if self._run_schedulers(self._ranked_schedulers(), prefetched):
             # Tasks finished: their slots go to waiting tasks in this pass, not one pass later.
@@ -330,20 +333,27 @@ class Manager:
                 self._drop(task_id)
                 self._cleanup_due = True
                 dropped = True
+        self.step_switches.flush()
         return dropped
 
-    def _used_slots(self) -> dict[str, int] | None:
-        """Slots in use per node (one aggregate), or None to reuse the last read this pass.
+    def _used_slots(self) -> tuple[dict[str, int] | None, bool]:
+        """Slots in use per node and whether they are fresh, or None to reuse the last read.
 
         Reservations may use a read up to one balance interval old (subtasks that ended since
         only make it cautious, and plans are counted in as they happen); any plan reads it
-        fresh first. So a steady pass over many live subtasks skips the aggregate.
+        fresh first. The last balancing round's load aggregate (one pass old) serves as that
+        read when there is one, so a steady pass over many live subtasks reads no aggregate
+        of its own.
         """
         now = time.monotonic()
+        load, self.balancer.last_load = self.balancer.last_load, None
+        if load is not None:
+            self._used_read_at = now
+            return used_slots(load), False
         if now - self._used_read_at < self.intervals.balance:
-            return None
+            return None, False
         self._used_read_at = now
-        return self.task_manager.get_used_slots_on_nodes()
+        return self.task_manager.get_used_slots_on_nodes(), True
 
     def _prefetch(self) -> _Prefetched | None:
         """The bases and current-step counts of every scheduled task, in two statements."""
@@ -390,7 +400,16 @@ class Manager:
         except TaskNotFoundError:
             return None
         ctx = self.ctx.child()
-        param = Param(tm, self.node_manager, self.slot_manager, self.owner_id, allocated, self.intervals, self.planning)
+        param = Param(
+            tm,
+            self.node_manager,
+            self.slot_manager,
+            self.owner_id,
+            allocated,
+            self.intervals,
+            self.planning,
+            self.step_switches,
+        )
         try:
             sched = factory(ctx, task, param)
             sched.init()

@@ -15,6 +15,7 @@ from dxf_celery.scheduler.planning import (
 if TYPE_CHECKING:
     from dxf_celery.scheduler.nodes import NodeManager
     from dxf_celery.scheduler.slots import SlotManager
+    from dxf_celery.scheduler.switches import StepSwitches
     from dxf_celery.storage import TaskManager
 
 #: A step whose subtask metas add up to at least this many bytes is inserted in several
@@ -78,3 +79,6 @@ class Param:
     intervals: SchedulerIntervals
     #: Retryable planning failures, kept by the manager across scheduler restarts.
     planning: PlanningRetries = field(default_factory=PlanningRetries)
+    #: The pass's queue of small step switches (written together after the pass's schedulers
+    #: ran); None writes each at once.
+    step_switches: StepSwitches | None = None

@@ -51,11 +51,12 @@ class SlotManager:
     def total_slots(self) -> int:
         return self._total_slots
 
-    def update(self, nodes: Sequence[ManagedNode], used: dict[str, int] | None) -> None:
+    def update(self, nodes: Sequence[ManagedNode], used: dict[str, int] | None, *, fresh: bool = True) -> None:
         """Take the live nodes and the slots their active subtasks use.
 
         ``used`` None keeps the last read (as adjusted since) for reservation decisions and
-        marks it stale, so the first plan of the pass reads it again.
+        marks it stale, so the first plan of the pass reads it again; so does ``fresh``
+        False (a read from before this pass's counts, e.g. the last balancing round's).
         """
         with self._lock:
             for node in nodes:
@@ -66,7 +67,7 @@ class SlotManager:
             self._capacity = {n.id: n.cpu_count if n.cpu_count > 0 else self._total_slots for n in nodes}
             last = self._used if used is None else used
             self._used = {n: last.get(n, 0) for n in self._nodes}
-            self._used_fresh = used is not None
+            self._used_fresh = used is not None and fresh
 
     def refresh_used(self, used: dict[str, int]) -> None:
         """Take fresh per-node usage for the same nodes (right before assigning a step's subtasks)."""

@@ -7,10 +7,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Select, Table, func, select, tuple_, update
+from sqlalchemy import Connection, Select, Table, func, select, text, tuple_, update
 
 from dxf_celery.errors import SubtaskNotFoundError
-from dxf_celery.proto import StoredError, Subtask, SubtaskBase, SubtaskState, TaskBase
+from dxf_celery.proto import LiveLoad, NodeLoad, StoredError, Subtask, SubtaskBase, SubtaskState, TaskBase, used_slots
 from dxf_celery.storage.base import StorageBase
 from dxf_celery.storage.clock import server_now
 from dxf_celery.storage.rows import (
@@ -24,7 +24,7 @@ from dxf_celery.storage.rows import (
     task_base_from_row,
     values_of,
 )
-from dxf_celery.storage.tables import subtask_table, task_table
+from dxf_celery.storage.tables import ACTIVE_PREDICATE, subtask_table, task_table
 
 _FAILED_OR_CANCELED = values_of((SubtaskState.FAILED, SubtaskState.CANCELED))
 #: Ids per ``IN`` list of the batched reads (well under every driver's parameter limit).
@@ -51,14 +51,35 @@ class SchedulerSubtasks(StorageBase):
 
     def get_used_slots_on_nodes(self) -> dict[str, int]:
         """Per node: the sum over tasks of the largest concurrency of its active subtasks."""
-        inner = (
-            select(subtask_table.c.exec_id, func.max(subtask_table.c.concurrency).label("slots"))
-            .where(subtask_table.c.state.in_(ACTIVE))
-            .group_by(subtask_table.c.exec_id, subtask_table.c.task_id)
-            .subquery()
+        return used_slots(self.get_live_load())
+
+    def get_live_load(self) -> LiveLoad:
+        """Every task's pending and running subtasks per node, in one aggregate over live rows.
+
+        Grouped in the order of ``ix_dxf_subtask_load`` (state, task_id, exec_id), which also
+        holds concurrency and id: the plan reads only that index's live entries, never a
+        finished row (partial on PostgreSQL and SQLite, a range on state on MariaDB).
+        """
+        s = subtask_table.c
+        stmt = (
+            select(s.state, s.task_id, s.exec_id, func.count(), func.max(s.concurrency), func.min(s.id))
+            .where(text(ACTIVE_PREDICATE))
+            .group_by(s.state, s.task_id, s.exec_id)
         )
-        stmt = select(inner.c.exec_id, func.sum(inner.c.slots)).group_by(inner.c.exec_id)
-        return self._read(lambda conn: {r[0]: int(r[1]) for r in conn.execute(stmt)})
+
+        def txn(conn: Connection) -> LiveLoad:
+            cells: dict[tuple[int, str], dict[str, int]] = {}
+            for state, task_id, exec_id, n, conc, first in conn.execute(stmt):
+                cell = cells.setdefault((int(task_id), exec_id), {"concurrency": 0})
+                cell["concurrency"] = max(cell["concurrency"], int(conc or 0))
+                cell[state] = int(n)
+                cell["first_" + state] = int(first)
+            out: LiveLoad = {}
+            for (task_id, exec_id), cell in cells.items():
+                out.setdefault(task_id, {})[exec_id] = NodeLoad(**cell)
+            return out
+
+        return self._read(txn)
 
     def get_task_bases_by_ids(self, task_ids: Sequence[int]) -> dict[int, TaskBase]:
         """The light columns of the live tasks among ``task_ids`` (a missing id: moved to history)."""
@@ -95,7 +116,7 @@ class SchedulerSubtasks(StorageBase):
         return self._read(txn) if steps else {}
 
     def get_active_subtasks(self, task_id: int) -> list[SubtaskBase]:
-        """pending/running subtasks of a task, every step, by id (the balancer groups them)."""
+        """pending/running subtasks of a task, every step, by id."""
         cols = [subtask_table.c[c] for c in SUBTASK_BASE_COLUMNS]
         stmt = (
             select(*cols)
@@ -103,6 +124,27 @@ class SchedulerSubtasks(StorageBase):
             .order_by(subtask_table.c.id)
         )
         return self._read(lambda conn: [subtask_base_from_row(r) for r in conn.execute(stmt)])
+
+    def get_node_subtasks(
+        self, task_id: int, exec_id: str, *, pending_only: bool, newest: int | None = None
+    ) -> list[SubtaskBase]:
+        """A task's live subtasks on one node (every step), by id; what the balancer moves.
+
+        ``pending_only`` leaves running ones out; ``newest`` keeps only that many highest ids
+        (the pending subtasks a node over its quota gives away first).
+        """
+        s = subtask_table.c
+        states = [SubtaskState.PENDING.value] if pending_only else list(ACTIVE)
+        stmt = select(*[s[c] for c in SUBTASK_BASE_COLUMNS]).where(
+            s.task_id == task_id, s.exec_id == exec_id, s.state.in_(states)
+        )
+        stmt = stmt.order_by(s.id) if newest is None else stmt.order_by(s.id.desc()).limit(newest)
+
+        def txn(conn: Connection) -> list[SubtaskBase]:
+            rows = [subtask_base_from_row(r) for r in conn.execute(stmt)]
+            return rows if newest is None else rows[::-1]
+
+        return self._read(txn)
 
     def get_subtask_cnt_group_by_states(self, task_id: int, step: int) -> dict[SubtaskState, int]:
         stmt = (

@@ -93,6 +93,34 @@ class StepSwitch(StorageBase):
             logger.warning("subtasks of task %s step %s exist already; step switch skipped", task.id, next_step)
             return False
 
+    def switch_task_steps(self, switches: Sequence[tuple[Task, TaskState, int, Sequence[Subtask]]]) -> list[bool]:
+        """Several tasks' step switches in one transaction; one result per switch, in order.
+
+        Each is what :meth:`switch_task_step` does (the update guarded by the task's state
+        and step, then its inserts) inside a savepoint of its own: one that loses its guard
+        or meets rows of an earlier attempt (the unique key) is False and leaves the others.
+        """
+        prepared = [(task, state, step, _subtask_rows(task, step, subs)) for task, state, step, subs in switches]
+
+        def txn(conn: Connection) -> list[bool]:
+            out: list[bool] = []
+            for task, next_state, next_step, rows in prepared:
+                savepoint = conn.begin_nested()
+                try:
+                    switched = _switch_task(conn, task, next_state, next_step)
+                    if switched and rows:
+                        conn.execute(_INSERT_SUBTASKS, rows)
+                except sa_exc.IntegrityError:
+                    savepoint.rollback()
+                    logger.warning("subtasks of task %s step %s exist already; step switch skipped", task.id, next_step)
+                    out.append(False)
+                    continue
+                savepoint.commit()
+                out.append(switched)
+            return out
+
+        return self._write(txn) if prepared else []
+
     def switch_task_step_in_batch(
         self, task: Task, next_state: TaskState, next_step: int, subtasks: Sequence[Subtask]
     ) -> bool:

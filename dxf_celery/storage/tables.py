@@ -134,6 +134,19 @@ class SubtaskRow(_SubtaskColumns, Base):
             postgresql_where=text(ACTIVE_PREDICATE),
             sqlite_where=text(ACTIVE_PREDICATE),
         ),
+        # The scheduler's load aggregate (slots in use, the balancer's per-node counts): it
+        # groups live rows by (state, task_id, exec_id) in index order, reading concurrency
+        # and id from the index alone, so a pass never touches finished rows or the heap.
+        Index(
+            "ix_dxf_subtask_load",
+            "state",
+            "task_id",
+            "exec_id",
+            "concurrency",
+            "id",
+            postgresql_where=text(ACTIVE_PREDICATE),
+            sqlite_where=text(ACTIVE_PREDICATE),
+        ),
         # Ids must never be reused: subtask history keeps them as its primary key.
         {"sqlite_autoincrement": True},
     )

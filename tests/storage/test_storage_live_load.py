@@ -141,7 +141,11 @@ def test_live_load_reads_only_live_index_entries(task_manager: TaskManager, db_k
     plan = _explain(tm, db_kind, statement, parameters)
     assert "ix_dxf_subtask_load" in plan, plan
     if db_kind == "postgresql":
-        assert "Index Only Scan using ix_dxf_subtask_load" in plan, plan
+        # Index Only Scan once the visibility map is set; a plain Index Scan when an old snapshot
+        # elsewhere on the server kept VACUUM from setting it. Both read only the partial index.
+        assert "Index Only Scan using ix_dxf_subtask_load" in plan or "Index Scan using ix_dxf_subtask_load" in plan, (
+            plan
+        )
         assert "Seq Scan" not in plan and "Sort" not in plan, plan  # groups come in index order
     elif db_kind == "sqlite":
         assert "USING COVERING INDEX ix_dxf_subtask_load" in plan, plan

@@ -57,6 +57,9 @@ class DXFSettings:
     subtask_check_interval: float = _EXECUTOR.subtask_check
     #: Cap of the executor's polling backoff.
     max_subtask_check_interval: float = _EXECUTOR.max_subtask_check
+    #: First pause of an executor that woke the scheduler for its step's end; doubles up to
+    #: ``subtask_check_interval``.
+    step_done_check_interval: float = _EXECUTOR.step_done_check
     #: How often a running executor re-reads its task's state to derive cancellation from SQL.
     watch_task_interval: float = _EXECUTOR.watch_task
     #: How often a node writes its heartbeat.
@@ -143,6 +146,7 @@ class DXFSettings:
             "task_check_interval",
             "subtask_check_interval",
             "max_subtask_check_interval",
+            "step_done_check_interval",
             "watch_task_interval",
             "heartbeat_interval",
             "scheduler_interval",

@@ -116,6 +116,7 @@ class DXFState:
             task_check=s.task_check_interval,
             subtask_check=s.subtask_check_interval,
             max_subtask_check=s.max_subtask_check_interval,
+            step_done_check=s.step_done_check_interval,
             watch_task=s.watch_task_interval,
             heartbeat=s.heartbeat_interval,
             cancel_grace=s.cancel_grace,

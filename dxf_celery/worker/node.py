@@ -12,8 +12,9 @@ Two daemon threads do the SQL work, off Celery's event loop:
   lease) when a ``dxf.schedule`` tick from beat (or a wake-up sent by ``submit_task``)
   reaches this node, and, while it holds the lease and ticks keep coming, at
   ``dxf_scheduler_interval`` on its own so that the pass rate does not depend on which node
-  the broker hands each tick to. No tick for ``dxf_lease_ttl`` seconds: no pass, so without
-  beat nothing new is planned, while running executors finish the subtasks they have.
+  the broker hands each tick to (a non-holder passes the beat ticks it takes on to the
+  holder). No tick for ``dxf_lease_ttl`` seconds: no pass, so without beat nothing new is
+  planned, while running executors finish the subtasks they have.
 """
 
 from __future__ import annotations
@@ -298,6 +299,12 @@ class NodeRuntime:
             elif direct and reason in _USER_REASONS:
                 # Sent here as the holder, but the lease moved: let whoever holds it now see it.
                 self.state.send_wakeup(reason, direct=False)
+            elif reason == "beat" and not direct:
+                # Beat's tick went to a node that does not hold the lease (the broker hands each
+                # to any node, and a busy holder loses the race for them): pass it on, or the
+                # holder, seeing no tick for a lease TTL, stops its passes until the lease
+                # expires and moves (a stall of up to two TTLs, every few TTLs, under load).
+                self.state.send_wakeup("beat", holder_only=True)
 
     def _broadcast_wake(self) -> None:
         try:

@@ -155,3 +155,12 @@ def test_submits_and_finished_steps_wake_the_lease_holder_on_its_own_queue(e2e: 
     # subtasks instead of an empty node, and rightly sends nothing.
     assert got.get("step-done", 0) >= 1, after
     assert after[other]["direct_wakeups"] == {}, after
+
+    # Beat's ticks that the other node takes are passed on to the holder, so that it stays
+    # armed however the broker shares the ticks out (and never to the other node).
+    def beats() -> dict[str, dict[str, Any]] | None:
+        got = _direct_wakeups(e2e, nodes)
+        return got if got is not None and got[holder]["direct_wakeups"].get("beat", 0) >= 1 else None
+
+    forwarded = wait_until(beats, 60, what="a beat tick forwarded to the holder")
+    assert "beat" not in forwarded[other]["direct_wakeups"], forwarded

@@ -10,6 +10,7 @@ to beat's next tick. Wake-ups are latency only: a lost or late one costs a beat 
 
 from __future__ import annotations
 
+import atexit
 import os
 import threading
 import time
@@ -20,10 +21,11 @@ Scheduler = Callable[[float, Callable[[], None]], None]
 
 
 def _timer(delay: float, fn: Callable[[], None]) -> None:
-    # Not a daemon: a script that submits twice and exits still sends its trailing wake-up
-    # (it waits at most one window for it).
+    # A daemon, so that a send stuck on an unreachable broker never holds the interpreter's
+    # exit; a script that exits with a trailing send armed gets it from ``flush`` (atexit).
     timer = threading.Timer(delay, fn)
     timer.name = "dxf-wakeup-trailing"
+    timer.daemon = True
     timer.start()
 
 
@@ -31,7 +33,8 @@ class WakeCoalescer:
     """Send ``send(key)`` at most once per ``window`` seconds per key, plus one trailing send.
 
     ``window`` 0 sends every request. Fork-safe: a child process starts with no window open
-    (a parent's armed timer does not exist there).
+    (a parent's armed timer does not exist there). At interpreter exit the armed trailing
+    sends go out at once (:meth:`flush`), so a script's last submit still wakes the scheduler.
     """
 
     def __init__(self, send: Callable[[Hashable], None], window: float, schedule: Scheduler = _timer) -> None:
@@ -42,6 +45,18 @@ class WakeCoalescer:
         self._lock = threading.Lock()
         #: key -> (end of its window, a trailing send is armed)
         self._windows: dict[Hashable, tuple[float, bool]] = {}
+        atexit.register(self.flush)
+
+    def flush(self) -> None:
+        """Send every armed trailing wake-up now (interpreter exit; its timer may fire too: harmless)."""
+        if os.getpid() != self._pid:
+            return
+        with self._lock:
+            armed = [key for key, (_, trailing) in self._windows.items() if trailing]
+            for key in armed:
+                self._windows[key] = (time.monotonic() + self.window, False)
+        for key in armed:
+            self._send(key)
 
     def request(self, key: Hashable) -> None:
         """A write happened that a scheduler pass should see soon."""

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +24,7 @@ from helpers.celery_apps.brokers import REDIS_URL, fresh_broker
 from helpers.celery_apps.dxf_app import create_app
 from helpers.celery_apps.e2e import E2E, make_e2e
 from helpers.db import make_db_url
+from helpers.paths import REPO_ROOT, TESTS_DIR
 from helpers.waiting import wait_until
 
 from dxf_celery.proto import TaskState
@@ -105,6 +109,48 @@ def test_a_loop_of_submits_sends_one_wakeup_then_one_trailing(tmp_path: Path, mo
         # The last submits are not left to beat: one trailing wake-up follows them.
         wait_until(lambda: len(_queued(client, wake_queue)) >= 2, 30, what="the trailing wake-up")
         assert _queued(client, wake_queue) == ["submit", "submit"]
+    finally:
+        client.close()
+        dxf.state.dispose()
+        app.close()
+
+
+_SUBMIT_TWICE_AND_EXIT = """
+import sys
+from helpers.celery_apps.dxf_app import create_app
+app, dxf = create_app(broker=sys.argv[1], db_url=sys.argv[2])
+dxf.submit_task("exit-1", "e2e")
+dxf.submit_task("exit-2", "e2e")  # coalesced: its wake-up is the trailing one
+"""
+
+
+def test_a_script_that_exits_right_after_its_submits_still_sends_the_trailing_wakeup(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conf = json.dumps({"dxf_wakeup_coalesce": 60.0})  # the timer cannot fire before the exit
+    monkeypatch.setenv("DXF_E2E_CONF", conf)
+    broker, db_url = fresh_broker("redis"), make_db_url("postgresql", tmp_path)
+    app, dxf = create_app(broker=broker, db_url=db_url)
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        settings = dxf.settings
+        holder = "w9@wake"
+        wake_queue = settings.node_wake_queue(holder)
+        with app.connection_for_write() as conn:
+            direct_queue(wake_queue)(conn.default_channel).declare()
+        tm = dxf.task_manager
+        tm.init_meta(holder, "", 2)
+        assert tm.try_acquire_lease(LEASE_NAME, holder, 60)
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS_DIR), str(REPO_ROOT)]), DXF_E2E_CONF=conf)
+        done = subprocess.run(
+            [sys.executable, "-c", _SUBMIT_TWICE_AND_EXIT, broker, db_url],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert _queued(client, wake_queue) == ["submit", "submit"]  # the second flushed at exit
     finally:
         client.close()
         dxf.state.dispose()

@@ -83,3 +83,16 @@ def test_a_forked_child_does_not_wait_for_the_parents_timer(monkeypatch: pytest.
     monkeypatch.setattr(os, "getpid", lambda: -1)  # the child: that timer does not exist here
     c.request("submit")
     assert sent == ["submit", "submit"]  # sent at once, not swallowed by the parent's armed window
+
+
+def test_flush_sends_the_armed_trailing_wakeups_at_once() -> None:
+    c, sent, timer = _coalescer()
+    c.request("submit")
+    c.request("submit")
+    c.request("cancel")
+    c.flush()  # what interpreter exit does: the trailing "submit" is not lost with its daemon timer
+    assert sent == ["submit", "cancel", "submit"]
+    c.flush()
+    assert len(sent) == 3  # nothing armed any more
+    timer.fire()  # the timer firing late sends a harmless duplicate
+    assert sent[-1] == "submit"

@@ -11,7 +11,8 @@ Stages (each on a fresh ``dxf_bench_<pid>`` database, created and dropped via
    (the type opts in) and with DXF's one subtask per task per node;
 3. MariaDB and 4. SQLite: rounds of raw Celery / DXF no-op.
 
-Prints the table and writes ``<results-dir>/<date>.json`` (``<date>-quick.json`` with --quick).
+Prints the table and writes ``<results-dir>/<date>.json`` (``<date>-quick.json`` with --quick;
+``--only ROW,...`` runs only those rows and adds ``-only-<rows>`` to the name).
 """
 
 from __future__ import annotations
@@ -66,6 +67,10 @@ SIZES: dict[str, dict[str, Any]] = {
         "pool_long": (4, 6, 0.2),
     },
 }
+
+
+#: The rows ``--only`` selects (the JSON keys they fill).
+ROW_NAMES = ("noop", "latency", "csv_import", "small_tasks", "big_task", "pool_time")
 
 
 def _procrastinate_available() -> bool:
@@ -194,11 +199,33 @@ def paired_rounds(st: Any, size: dict[str, Any], extra: bool, log: Any) -> dict[
     return result
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def _csv_rows(st: Any, run_dir: Path, size: dict[str, Any], log: Any) -> dict[str, Any]:
+    """csv_import vs the same import as a Celery chord, interleaved."""
     from bench import rows
     from dxf_celery.examples import csvdata
 
-    size = SIZES["quick" if args.quick else "full"]
+    csv_path = csvdata.generate_csv(run_dir / "bench.csv", size["csv_rows"])
+    dxf_s, chord_s = [], []
+    for r in range(max(1, size["rounds"] - 2)):
+        dxf_s.append(rows.csv_dxf(st, csv_path, size["csv_chunk"]))
+        chord_s.append(rows.csv_chord(st, csv_path, size["csv_chunk"], 10**9 + r))
+        log(f"csv round {r + 1}: DXF {dxf_s[-1]:.1f}s, chord {chord_s[-1]:.1f}s")
+    return {
+        "rows": size["csv_rows"],
+        "dxf_s": dxf_s,
+        "chord_s": chord_s,
+        "dxf_median_s": statistics.median(dxf_s),
+        "chord_median_s": statistics.median(chord_s),
+        "speedup_vs_chord": statistics.median(c / d for d, c in zip(dxf_s, chord_s, strict=True)),
+    }
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from bench import rows
+
+    size = dict(SIZES["quick" if args.quick else "full"])
+    if getattr(args, "small_tasks", None):
+        size["small_tasks"] = args.small_tasks
     run_dir = Path(tempfile.mkdtemp(prefix="dxf-bench-"))
     started = time.monotonic()
 
@@ -210,6 +237,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "mode": "quick" if args.quick else "full",
         "machine": {"cpus": os.cpu_count(), "note": args.note},
         "sizes": {k: v for k, v in size.items()},
+        "only": sorted(args.only),
         "noop": {},
     }
     with_proc = _procrastinate_available()
@@ -217,34 +245,31 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         log("procrastinate is not installed (pip install -e '.[bench]'): its row is skipped")
     results["procrastinate_installed"] = with_proc
     kinds = [k for k in ("postgresql", "mariadb", "sqlite") if k in args.databases]
+    only = set(args.only)
 
-    if "postgresql" in kinds:
+    def want(row: str) -> bool:
+        return not only or row in only
+
+    main_rows = ("noop", "latency", "csv_import", "small_tasks")
+    if "postgresql" in kinds and any(want(r) for r in main_rows):
         log("stage: PostgreSQL, 2 nodes x 2 slots")
-        with stage(args, run_dir, "postgresql", nodes=2, slots=2, procrastinate=with_proc) as st:
+        with stage(args, run_dir, "postgresql", nodes=2, slots=2, procrastinate=with_proc and want("noop")) as st:
             _warm_up(st)
-            results["noop"]["postgresql"] = paired_rounds(st, size, True, log)
-            results["latency"] = rows.latency(st, size["latency"])
-            log(f"latency: {results['latency']}")
-            csv_path = csvdata.generate_csv(run_dir / "bench.csv", size["csv_rows"])
-            dxf_s, chord_s = [], []
-            for r in range(max(1, size["rounds"] - 2)):
-                dxf_s.append(rows.csv_dxf(st, csv_path, size["csv_chunk"]))
-                chord_s.append(rows.csv_chord(st, csv_path, size["csv_chunk"], 10**9 + r))
-                log(f"csv round {r + 1}: DXF {dxf_s[-1]:.1f}s, chord {chord_s[-1]:.1f}s")
-            results["csv_import"] = {
-                "rows": size["csv_rows"],
-                "dxf_s": dxf_s,
-                "chord_s": chord_s,
-                "dxf_median_s": statistics.median(dxf_s),
-                "chord_median_s": statistics.median(chord_s),
-                "speedup_vs_chord": statistics.median(c / d for d, c in zip(dxf_s, chord_s, strict=True)),
-            }
-            st.cluster.worker("b3@bench", 2)
-            st.cluster.wait_nodes(st.dxf.task_manager, {"b1@bench", "b2@bench", "b3@bench"})
-            results["small_tasks"] = rows.many_small_tasks(st, size["small_tasks"], size["small_cap"])
-            log(f"small tasks: {results['small_tasks']}")
-            results["direct_wakeups"] = rows.direct_wakeups(st)
-            log(f"wake-ups received on the holder's own queue: {results['direct_wakeups']}")
+            if want("noop"):
+                results["noop"]["postgresql"] = paired_rounds(st, size, True, log)
+            if want("latency"):
+                results["latency"] = rows.latency(st, size["latency"])
+                log(f"latency: {results['latency']}")
+            if want("csv_import"):
+                results["csv_import"] = _csv_rows(st, run_dir, size, log)
+            if want("small_tasks"):
+                st.cluster.worker("b3@bench", 2)
+                st.cluster.wait_nodes(st.dxf.task_manager, {"b1@bench", "b2@bench", "b3@bench"})
+                results["small_tasks"] = rows.many_small_tasks(st, size["small_tasks"], size["small_cap"])
+                log(f"small tasks: {results['small_tasks']}")
+                results["direct_wakeups"] = rows.direct_wakeups(st)
+                log(f"wake-ups received on the holder's own queue: {results['direct_wakeups']}")
+    if "postgresql" in kinds and want("big_task"):
         results["big_task"] = []
         for n, cap in size["big"]:
             # A stage of its own: a capped task is dropped with its database instead of being
@@ -255,6 +280,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 got = rows.big_task(st, n, cap, st.workers)
             log(f"one task of {n} subtasks: {got['done']} done in {got['seconds']:.0f}s, {got['per_s']:.0f}/s")
             results["big_task"].append(got)
+    if "postgresql" in kinds and want("pool_time"):
         log("stage: PostgreSQL, 2 nodes x 4 slots (pool time)")
         with stage(args, run_dir, "postgresql", nodes=2, slots=4) as st:
             _warm_up(st)
@@ -267,13 +293,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             results["pool_time_long"] = rows.pool_time(st, tasks, subtasks, sleep, slots_total=8)
             log(f"pool time (parallel subtasks, {sleep * 1000:.0f} ms each): {results['pool_time_long']}")
     for kind in kinds:
-        if kind == "postgresql":
+        if kind == "postgresql" or not want("noop"):
             continue
         log(f"stage: {kind}, 2 nodes x 2 slots")
         with stage(args, run_dir, kind, nodes=2, slots=2) as st:
             _warm_up(st)
             results["noop"][kind] = paired_rounds(st, size, False, log)
-    results["throughput_ratio_vs_celery"] = {k: v["ratio_median"] for k, v in results["noop"].items()}
+    if results["noop"]:
+        results["throughput_ratio_vs_celery"] = {k: v["ratio_median"] for k, v in results["noop"].items()}
     results["wall_seconds"] = time.monotonic() - started
     return results
 
@@ -290,9 +317,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--postgresql", default=SERVERS["postgresql"], help="server URL without database")
     parser.add_argument("--mariadb", default=SERVERS["mariadb"], help="server URL without database")
     parser.add_argument("--results-dir", default=str(Path(__file__).resolve().parent / "results"))
+    parser.add_argument(
+        "--only",
+        default="",
+        help=f"comma list of rows to run (default: all): {','.join(ROW_NAMES)}",
+    )
+    parser.add_argument("--small-tasks", type=int, default=None, help="tasks of the tiny-tasks row (default by mode)")
     parser.add_argument("--note", default="", help="free text stored in the JSON (e.g. 'machine shared')")
     args = parser.parse_args(argv)
     args.databases = [d.strip() for d in args.databases.split(",") if d.strip()]
+    args.only = [r.strip() for r in args.only.split(",") if r.strip()]
+    unknown = set(args.only) - set(ROW_NAMES)
+    if unknown:
+        parser.error(f"--only: unknown rows {', '.join(sorted(unknown))} (rows: {', '.join(ROW_NAMES)})")
     args.servers = {"postgresql": args.postgresql.rstrip("/"), "mariadb": args.mariadb.rstrip("/")}
     os.environ["DXF_BENCH_BROKER"] = args.broker  # read when bench.app is first imported
     # SIGTERM unwinds like Ctrl-C: the stages' finally blocks stop the workers and drop the databases.
@@ -307,7 +344,9 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = Path(args.results_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     day = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
-    out = out_dir / (f"{day}-quick.json" if args.quick else f"{day}.json")
+    # A partial run never overwrites the day's full results.
+    name = day + ("-quick" if args.quick else "") + ("-only-" + "+".join(sorted(args.only)) if args.only else "")
+    out = out_dir / f"{name}.json"
     out.write_text(json.dumps(results, indent=2, default=str) + "\n")
     print(report.table(results))
     print(f"\nwritten: {out}")

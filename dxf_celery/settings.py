@@ -57,6 +57,9 @@ class DXFSettings:
     subtask_check_interval: float = _EXECUTOR.subtask_check
     #: Cap of the executor's polling backoff.
     max_subtask_check_interval: float = _EXECUTOR.max_subtask_check
+    #: First pause of an executor that woke the scheduler for its step's end; doubles up to
+    #: ``subtask_check_interval``.
+    step_done_check_interval: float = _EXECUTOR.step_done_check
     #: How often a running executor re-reads its task's state to derive cancellation from SQL.
     watch_task_interval: float = _EXECUTOR.watch_task
     #: How often a node writes its heartbeat.
@@ -93,6 +96,9 @@ class DXFSettings:
     cancel_grace: float = _EXECUTOR.cancel_grace
     #: An executor message not received by its node within this many seconds expires.
     launch_timeout: float = 60.0
+    #: Scheduler wake-ups of one process, per reason, at most one per this many seconds (the
+    #: first at once, the rest as one trailing message); 0 = one per write.
+    wakeup_coalesce: float = 0.05
     #: Send ``task-progress`` events from executors when the worker sends task events.
     progress_events: bool = True
     #: Period of those progress events.
@@ -140,6 +146,7 @@ class DXFSettings:
             "task_check_interval",
             "subtask_check_interval",
             "max_subtask_check_interval",
+            "step_done_check_interval",
             "watch_task_interval",
             "heartbeat_interval",
             "scheduler_interval",
@@ -155,6 +162,10 @@ class DXFSettings:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise DXFConfigError(f"{PREFIX}{name} must be > 0 seconds, got {getattr(self, name)!r}")
+        if self.wakeup_coalesce < 0:
+            raise DXFConfigError(
+                f"dxf_wakeup_coalesce must be >= 0 seconds (0 = no coalescing), got {self.wakeup_coalesce!r}"
+            )
         if self.node_lost_grace < 0:
             raise DXFConfigError(f"dxf_node_lost_grace must be >= 0 seconds, got {self.node_lost_grace!r}")
         if self.history_retention < 0:

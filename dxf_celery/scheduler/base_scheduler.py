@@ -53,6 +53,11 @@ class BaseScheduler:
         self._prefetched = False
         #: Set when planning found no eligible node: the scheduler then gives its slots back.
         self._no_eligible = False
+        #: Set when this pass moved the task to a final state: the scheduler goes at once, so
+        #: its slots go to a waiting task in the same pass instead of one pass later.
+        self._ended = False
+        #: Writes attempted so far (won or lost): the manager tells a pass that did work by it.
+        self.writes = 0
 
     # ------------------------------------------------------------------ Scheduler protocol
 
@@ -84,6 +89,7 @@ class BaseScheduler:
         if self.ctx.done():
             return False
         self._no_eligible = False
+        self._ended = False
         try:
             self._refresh_task()
         except TaskNotFoundError:
@@ -103,6 +109,7 @@ class BaseScheduler:
             self.on_resuming()
         elif state == TaskState.REVERTING:
             self.on_reverting()
+            return not self._ended
         elif state == TaskState.PENDING:
             if not allocated:
                 return False
@@ -112,7 +119,7 @@ class BaseScheduler:
             if not allocated:
                 return False
             self.on_running()
-            return not self._no_eligible
+            return not (self._no_eligible or self._ended)
         elif state == TaskState.MODIFYING:
             return self.on_modifying()
         else:
@@ -140,6 +147,7 @@ class BaseScheduler:
     def _wrote(self) -> None:
         """Read the whole task again on the next pass (after any write, won or lost)."""
         self._reload = True
+        self.writes += 1
 
     def _active_count(self) -> tuple[dict[SubtaskState, int], int]:
         counts, self._pre_counts = self._pre_counts, None
@@ -194,7 +202,7 @@ class BaseScheduler:
         except Exception:
             logger.exception("on_done of reverting task %d failed; retrying next pass", self._task.id)
             return
-        self.param.task_manager.finish_reverting(self._task.id)
+        self._ended = self.param.task_manager.finish_reverting(self._task.id)
         self._wrote()
 
     def on_pending(self) -> None:
@@ -279,7 +287,7 @@ class BaseScheduler:
             except Exception:
                 logger.exception("on_done of task %d failed; retrying next pass", task.id)
                 return
-            tm.succeed(task.id)
+            self._ended = tm.succeed(task.id)
             self._wrote()
             return
         exec_ids = self.eligible_exec_ids()

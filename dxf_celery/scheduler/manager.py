@@ -45,6 +45,10 @@ GC_LEASE_NAME = "scheduler-subtask-gc"
 _RESOURCE_STATES = (TaskState.PENDING, TaskState.RUNNING, TaskState.RESUMING)
 
 
+#: Passes run at once, in a row, after passes that did work (``last_pass_worked``); then the
+#: interval. A few, so that a task whose every pass writes cannot make the loop a busy one.
+MAX_FOLLOW_UP_PASSES = 3
+
 #: At most this many tasks that waited last pass widen the next pass's look at the task table.
 MAX_WAITING_LOOKAHEAD = 1024
 
@@ -111,6 +115,9 @@ class Manager:
         self._unreachable = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        #: Whether the last pass that held the lease wrote a task transition or let a scheduler
+        #: go: the next step of some task (or a waiting task) may be ready now, not a tick later.
+        self.last_pass_worked = False
 
     # ------------------------------------------------------------------ public
 
@@ -165,17 +172,24 @@ class Manager:
     # ------------------------------------------------------------------ the pass
 
     def _loop(self) -> None:
+        more = 0
         while not self._stop.is_set():
+            worked = False
             try:
-                self.schedule_once()
+                worked = self.schedule_once() and self.last_pass_worked
             except Exception:
                 logger.exception("scheduler pass failed")
-            self._stop.wait(self.intervals.schedule)
+            # A pass that did work is followed by another at once, a few in a row at most.
+            more = more + 1 if worked else 0
+            if not worked or more > MAX_FOLLOW_UP_PASSES:
+                more = 0
+                self._stop.wait(self.intervals.schedule)
 
     def _run_pass(self) -> None:
         iv = self.intervals
         now = time.monotonic()
         self._unreachable = False
+        self.last_pass_worked = False
         self._guarded("node manager", self._maintain_nodes)
         self._guarded("scheduler manager", self._schedule_tasks)
         if now - self._last_balance >= iv.balance:
@@ -317,6 +331,7 @@ class Manager:
         dropped = False
         for sched in schedulers:
             task_id = sched.get_task().id
+            writes = getattr(sched, "writes", 0)
             hand_over = getattr(sched, "prefetch", None)
             if prefetched is not None and hand_over is not None and task_id in prefetched[0]:
                 fresh = prefetched[1].get(task_id)
@@ -329,11 +344,15 @@ class Manager:
             except Exception:
                 logger.exception("task %d: scheduling failed, retrying next pass", task_id)
                 keep = True
+            if getattr(sched, "writes", 0) != writes:
+                self.last_pass_worked = True
             if not keep:
                 self._drop(task_id)
                 self._cleanup_due = True
                 dropped = True
-        self.step_switches.flush()
+                self.last_pass_worked = True
+        if self.step_switches.flush():
+            self.last_pass_worked = True
         return dropped
 
     def _used_slots(self) -> tuple[dict[str, int] | None, bool]:

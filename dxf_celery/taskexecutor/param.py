@@ -21,6 +21,9 @@ TASK_CHECK_INTERVAL = 0.3
 SUBTASK_CHECK_INTERVAL = 0.3
 #: Cap of the executor's polling backoff.
 MAX_SUBTASK_CHECK_INTERVAL = 2.0
+#: First pause of an executor that just woke the scheduler for its step's end (not DXF's: its
+#: executors wait ``SUBTASK_CHECK_INTERVAL``, and hold the node's slots meanwhile).
+STEP_DONE_CHECK_INTERVAL = 0.05
 #: Empty polls after which an executor exits and gives its slots back (DXF: 7 + 1).
 MAX_IDLE_POLLS = 8
 
@@ -37,6 +40,9 @@ class Intervals:
     subtask_check: float = SUBTASK_CHECK_INTERVAL
     max_subtask_check: float = MAX_SUBTASK_CHECK_INTERVAL
     max_idle_polls: int = MAX_IDLE_POLLS
+    #: First pause after the executor woke the scheduler because its step ended (the next
+    #: step's subtasks, or the task's end, are one pass away); doubles up to ``subtask_check``.
+    step_done_check: float = STEP_DONE_CHECK_INTERVAL
     check_balance: float = 2.0
     update_summary: float = 3.0
     detect_modify: float = 5.0
@@ -66,6 +72,7 @@ class Intervals:
             "task_check",
             "subtask_check",
             "max_subtask_check",
+            "step_done_check",
             "check_balance",
             "update_summary",
             "detect_modify",
@@ -92,6 +99,7 @@ class Intervals:
             task_check=0.02,
             subtask_check=0.02,
             max_subtask_check=0.05,
+            step_done_check=0.02,
             max_idle_polls=8,
             check_balance=0.05,
             update_summary=0.05,

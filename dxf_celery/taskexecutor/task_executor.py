@@ -180,6 +180,8 @@ class BaseTaskExecutor(ClaimProtocol):
         # instead of waiting a first interval as DXF does (it costs a whole interval of latency).
         skip_wait = True
         ran_since_empty = False
+        #: Pause of the next empty poll while it is below ``subtask_check`` (after a step's end).
+        quick = iv.subtask_check
         while True:
             if self.ctx.done() or self.drain_state.requested:
                 return outcome.loop_stop(self.ctx)
@@ -208,7 +210,13 @@ class BaseTaskExecutor(ClaimProtocol):
             if subtask is None:
                 if ran_since_empty:
                     ran_since_empty = False
-                    self._step_drained(new)
+                    if self._step_drained(new):
+                        # The scheduler was woken for this step's end: its next step (or the
+                        # task's end, which lets this executor go) is about one pass away.
+                        quick = iv.step_done_check
+                if quick < iv.subtask_check:
+                    interval, quick = quick, quick * 2  # not an idle poll: the step just ended
+                    continue
                 if empty_polls >= iv.max_idle_polls - 1:
                     return outcome.LOOP_IDLE, ""
                 interval = min(iv.subtask_check * 2**empty_polls, iv.max_subtask_check)
@@ -216,6 +224,7 @@ class BaseTaskExecutor(ClaimProtocol):
                 continue
             interval = iv.subtask_check
             empty_polls = 0
+            quick = iv.subtask_check
             prepared = self._prepare_step(new)
             if prepared is None:
                 continue
@@ -235,14 +244,16 @@ class BaseTaskExecutor(ClaimProtocol):
                 continue
             skip_wait = self._run_subtasks(step_exec, step_ctx, subtask)
 
-    def _step_drained(self, task: Task) -> None:
+    def _step_drained(self, task: Task) -> bool:
+        """Tell the hook this node ran out of subtasks of the step; True when it woke a scheduler."""
         hook = self.param.on_step_drained
         if hook is None:
-            return
+            return False
         try:
-            hook(task)
+            return bool(hook(task))
         except Exception:  # a wake-up is only latency: never stop the executor for it
             logger.exception("task %d: step-drained hook failed", self._task_id)
+            return False
 
     def _prepare_step(self, task: Task) -> tuple[StepExecutor, Context] | None:
         """The step executor of ``task.step`` and its context; None when no subtask may start now."""

@@ -12,8 +12,9 @@ Two daemon threads do the SQL work, off Celery's event loop:
   lease) when a ``dxf.schedule`` tick from beat (or a wake-up sent by ``submit_task``)
   reaches this node, and, while it holds the lease and ticks keep coming, at
   ``dxf_scheduler_interval`` on its own so that the pass rate does not depend on which node
-  the broker hands each tick to. No tick for ``dxf_lease_ttl`` seconds: no pass, so without
-  beat nothing new is planned, while running executors finish the subtasks they have.
+  the broker hands each tick to (a non-holder passes the beat ticks it takes on to the
+  holder). No tick for ``dxf_lease_ttl`` seconds: no pass, so without beat nothing new is
+  planned, while running executors finish the subtasks they have.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from dxf_celery.context import Context
 from dxf_celery.proto import NodeResource
+from dxf_celery.scheduler.manager import MAX_FOLLOW_UP_PASSES
 from dxf_celery.worker.launcher import CeleryLauncher
 from dxf_celery.worker.names import STEP_DONE
 
@@ -37,6 +39,8 @@ logger = logging.getLogger(__name__)
 runtimes: dict[str, NodeRuntime] = {}
 _runtimes_lock = threading.Lock()
 
+#: Reason of the pass that follows at once a pass that did work (``Manager.last_pass_worked``).
+_MORE = "more"
 #: Reasons of scheduler ticks that came from a user action: worth waking every node after.
 _USER_REASONS = frozenset({"submit", "cancel", "pause", "resume", "resolve", "modify", "wake"})
 # STEP_DONE (an executor's node ran the last live subtask of a step) is worth a pass now, but
@@ -106,6 +110,8 @@ class NodeRuntime:
         #: Wake-ups received on this node's own wake queue, by reason (``inspect dxf_node``).
         self.direct_wakeups: dict[str, int] = {}
         self._armed_until = 0.0
+        #: Follow-up passes run in a row so far (see MAX_FOLLOW_UP_PASSES).
+        self._more = 0
         self._holder = False
         self._last_pass = 0.0
         self._threads: list[threading.Thread] = []
@@ -280,11 +286,25 @@ class NodeRuntime:
                 continue
             if self._holder:
                 self.wake()
-                if reason in _USER_REASONS or reason == STEP_DONE:
-                    self._broadcast_wake()
+                worked = self.scheduler.last_pass_worked
+                if worked or reason in _USER_REASONS or reason == STEP_DONE:
+                    self._broadcast_wake()  # new subtasks, or a state the nodes act on
+                self._more = self._more + 1 if reason == _MORE else 0
+                more = worked and self._more < MAX_FOLLOW_UP_PASSES and time.monotonic() < self._armed_until
+                if more and not self._tick.is_set():
+                    # A pass that did work is followed by another at once (while beat drives the
+                    # scheduler): a task's next transition need not wait for the next tick.
+                    self._tick_reason = _MORE
+                    self._tick.set()
             elif direct and reason in _USER_REASONS:
                 # Sent here as the holder, but the lease moved: let whoever holds it now see it.
                 self.state.send_wakeup(reason, direct=False)
+            elif reason == "beat" and not direct:
+                # Beat's tick went to a node that does not hold the lease (the broker hands each
+                # to any node, and a busy holder loses the race for them): pass it on, or the
+                # holder, seeing no tick for a lease TTL, stops its passes until the lease
+                # expires and moves (a stall of up to two TTLs, every few TTLs, under load).
+                self.state.send_wakeup("beat", holder_only=True)
 
     def _broadcast_wake(self) -> None:
         try:

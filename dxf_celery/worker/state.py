@@ -12,9 +12,11 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any
 
 from dxf_celery.settings import DXFConfigError, DXFSettings, check_celery_conf
+from dxf_celery.worker.coalesce import WakeCoalescer
 from dxf_celery.worker.names import SCHEDULE_TASK
 
 if TYPE_CHECKING:
@@ -76,6 +78,8 @@ class DXFState:
         self.registered = False
         #: (monotonic time read, holder) of :meth:`scheduler_holder`.
         self._holder_cache: tuple[float, str | None] | None = None
+        #: Spaces the wake-ups of this process (built on first use: it reads the settings).
+        self._coalescer: WakeCoalescer | None = None
 
     @property
     def settings(self) -> DXFSettings:
@@ -112,6 +116,7 @@ class DXFState:
             task_check=s.task_check_interval,
             subtask_check=s.subtask_check_interval,
             max_subtask_check=s.max_subtask_check_interval,
+            step_done_check=s.step_done_check_interval,
             watch_task=s.watch_task_interval,
             heartbeat=s.heartbeat_interval,
             cancel_grace=s.cancel_grace,
@@ -165,8 +170,23 @@ class DXFState:
         Sent to the lease holder's own wake queue when a holder is known (a wake-up taken by
         any other node would be refused, and the holder would wait for its timer); to the
         shared scheduler queue otherwise, or when ``direct`` is False. ``holder_only``: not
-        sent at all without a holder (no lease: no scheduler running to hurry).
+        sent at all without a holder (no lease: no scheduler running to hurry). Coalesced per
+        ``(reason, direct, holder_only)`` over ``dxf_wakeup_coalesce`` seconds: the first at
+        once, the rest of the window as one trailing message (``worker/coalesce.py``).
         """
+        with self._lock:
+            if self._coalescer is None:
+                self._coalescer = WakeCoalescer(self._send_coalesced, self.settings.wakeup_coalesce)
+            coalescer = self._coalescer
+        coalescer.request((reason, direct, holder_only))
+
+    def _send_coalesced(self, key: Hashable) -> None:
+        assert isinstance(key, tuple)
+        reason, direct, holder_only = key
+        self.send_wakeup_now(str(reason), direct=bool(direct), holder_only=bool(holder_only))
+
+    def send_wakeup_now(self, reason: str = "wakeup", *, direct: bool = True, holder_only: bool = False) -> None:
+        """:meth:`send_wakeup` without coalescing: one message now."""
         s = self.settings
         holder = self.scheduler_holder() if direct else None
         if holder_only and not holder:
@@ -197,6 +217,7 @@ class DXFState:
                 return
             self.dispose()
             self._settings = dataclasses.replace(self.settings, database_url=database_url)
+            self._holder_cache = None
 
 
 def get_state(app: Celery) -> DXFState:

@@ -69,3 +69,34 @@ def test_quick_bench_writes_every_row(tmp_path: Path) -> None:
     else:
         assert "procrastinate_median" in results["noop"]["postgresql"]
     assert "| measure | DXF | baseline | ratio | goal |" in done.stdout
+
+
+def test_only_refuses_an_unknown_row(capsys: pytest.CaptureFixture[str]) -> None:
+    from bench.run import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--only", "latency,bogus"])
+    assert exit_info.value.code == 2
+    assert "unknown rows bogus" in capsys.readouterr().err
+
+
+@pytest.mark.timeout(600)
+def test_only_runs_just_the_rows_asked_for(tmp_path: Path) -> None:
+    env = dict(os.environ, DXF_BENCH_BROKER=REDIS_URL)
+    only = ["--only", "small_tasks,latency", "--databases", "postgresql"]
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", *only, "--results-dir", str(tmp_path)],
+        cwd=str(REPO_ROOT),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=500,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    (written,) = tmp_path.glob("*-quick-only-latency+small_tasks.json")
+    results = json.loads(written.read_text())
+    assert {"tasks_per_s", "submit_per_s", "done"} <= set(results["small_tasks"])
+    assert results["small_tasks"]["done"] == results["small_tasks"]["tasks"]  # the one-query poll sees them all
+    assert {"p50_ms", "p95_ms"} <= set(results["latency"])
+    assert results["noop"] == {} and "big_task" not in results and "pool_time" not in results
+    assert "csv_import" not in results and "throughput_ratio_vs_celery" not in results

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +24,7 @@ from helpers.celery_apps.brokers import REDIS_URL, fresh_broker
 from helpers.celery_apps.dxf_app import create_app
 from helpers.celery_apps.e2e import E2E, make_e2e
 from helpers.db import make_db_url
+from helpers.paths import REPO_ROOT, TESTS_DIR
 from helpers.waiting import wait_until
 
 from dxf_celery.proto import TaskState
@@ -45,7 +49,10 @@ def _queued(client: redis.Redis, queue: str) -> list[str]:
     return sorted(reasons)
 
 
-def test_wakeup_goes_to_the_holders_queue_and_to_the_shared_queue_without_holder(tmp_path: Path) -> None:
+def test_wakeup_goes_to_the_holders_queue_and_to_the_shared_queue_without_holder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DXF_E2E_CONF", json.dumps({"dxf_wakeup_coalesce": 0}))  # routing only: one per write
     broker = fresh_broker("redis")
     app, dxf = create_app(broker=broker, db_url=make_db_url("postgresql", tmp_path))
     client = redis.Redis.from_url(REDIS_URL)
@@ -76,6 +83,74 @@ def test_wakeup_goes_to_the_holders_queue_and_to_the_shared_queue_without_holder
         assert dxf.state.scheduler_holder(max_age=0) is None
         dxf.wake()
         assert _queued(client, settings.scheduler_queue) == ["submit", "wake"]
+    finally:
+        client.close()
+        dxf.state.dispose()
+        app.close()
+
+
+def test_a_loop_of_submits_sends_one_wakeup_then_one_trailing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A window far longer than the loop, so that the count does not depend on the machine's speed.
+    monkeypatch.setenv("DXF_E2E_CONF", json.dumps({"dxf_wakeup_coalesce": 3.0}))
+    app, dxf = create_app(broker=fresh_broker("redis"), db_url=make_db_url("postgresql", tmp_path))
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        settings = dxf.settings
+        holder = "w9@wake"
+        wake_queue = settings.node_wake_queue(holder)
+        with app.connection_for_write() as conn:
+            direct_queue(wake_queue)(conn.default_channel).declare()
+        tm = dxf.task_manager
+        tm.init_meta(holder, "", 2)
+        assert tm.try_acquire_lease(LEASE_NAME, holder, 60)
+        for i in range(20):
+            dxf.submit_task(f"loop-{i}", "e2e")
+        assert _queued(client, wake_queue) == ["submit"]  # the first one, at once
+        # The last submits are not left to beat: one trailing wake-up follows them.
+        wait_until(lambda: len(_queued(client, wake_queue)) >= 2, 30, what="the trailing wake-up")
+        assert _queued(client, wake_queue) == ["submit", "submit"]
+    finally:
+        client.close()
+        dxf.state.dispose()
+        app.close()
+
+
+_SUBMIT_TWICE_AND_EXIT = """
+import sys
+from helpers.celery_apps.dxf_app import create_app
+app, dxf = create_app(broker=sys.argv[1], db_url=sys.argv[2])
+dxf.submit_task("exit-1", "e2e")
+dxf.submit_task("exit-2", "e2e")  # coalesced: its wake-up is the trailing one
+"""
+
+
+def test_a_script_that_exits_right_after_its_submits_still_sends_the_trailing_wakeup(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conf = json.dumps({"dxf_wakeup_coalesce": 60.0})  # the timer cannot fire before the exit
+    monkeypatch.setenv("DXF_E2E_CONF", conf)
+    broker, db_url = fresh_broker("redis"), make_db_url("postgresql", tmp_path)
+    app, dxf = create_app(broker=broker, db_url=db_url)
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        settings = dxf.settings
+        holder = "w9@wake"
+        wake_queue = settings.node_wake_queue(holder)
+        with app.connection_for_write() as conn:
+            direct_queue(wake_queue)(conn.default_channel).declare()
+        tm = dxf.task_manager
+        tm.init_meta(holder, "", 2)
+        assert tm.try_acquire_lease(LEASE_NAME, holder, 60)
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS_DIR), str(REPO_ROOT)]), DXF_E2E_CONF=conf)
+        done = subprocess.run(
+            [sys.executable, "-c", _SUBMIT_TWICE_AND_EXIT, broker, db_url],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert _queued(client, wake_queue) == ["submit", "submit"]  # the second flushed at exit
     finally:
         client.close()
         dxf.state.dispose()
@@ -117,9 +192,21 @@ def test_submits_and_finished_steps_wake_the_lease_holder_on_its_own_queue(e2e: 
 
     after = wait_until(lambda: _direct_wakeups(e2e, nodes), 60, what="dxf_node replies from both nodes")
     got = after[holder]["direct_wakeups"]
-    assert got.get("submit", 0) - before[holder]["direct_wakeups"].get("submit", 0) == len(tasks), after
+    # Coalesced (dxf_wakeup_coalesce): the first submit's at once, the others' as one trailing
+    # wake-up, or each its own when the loop is slower than the window.
+    submits = got.get("submit", 0) - before[holder]["direct_wakeups"].get("submit", 0)
+    assert 2 <= submits <= len(tasks), after
     # Steps ended by a last subtask whose executor woke the holder. Not one per step: when a
     # timer pass of the holder switches the step first, the executor finds the next step's
     # subtasks instead of an empty node, and rightly sends nothing.
     assert got.get("step-done", 0) >= 1, after
     assert after[other]["direct_wakeups"] == {}, after
+
+    # Beat's ticks that the other node takes are passed on to the holder, so that it stays
+    # armed however the broker shares the ticks out (and never to the other node).
+    def beats() -> dict[str, dict[str, Any]] | None:
+        got = _direct_wakeups(e2e, nodes)
+        return got if got is not None and got[holder]["direct_wakeups"].get("beat", 0) >= 1 else None
+
+    forwarded = wait_until(beats, 60, what="a beat tick forwarded to the holder")
+    assert "beat" not in forwarded[other]["direct_wakeups"], forwarded

@@ -55,3 +55,34 @@ def test_hook_not_called_when_the_executor_ran_nothing(task_manager: TaskManager
     task_manager.init_meta("other-node", "", 2)
     task_id = _planned(task_manager, "elsewhere", 2, exec_id="other-node")
     assert _run(task_manager, task_id) == []
+
+
+def test_an_executor_that_woke_the_scheduler_looks_again_soon(task_manager: TaskManager) -> None:
+    """After the hook says it woke the scheduler, the next look comes after ``step_done_check``,
+    not ``subtask_check``: with an hour as ``subtask_check`` only that quick look can find the
+    next step the "scheduler" (the hook itself here) planned, and then see the task's end."""
+    tm = task_manager
+    tm.init_meta(NODE, "", 2)
+    task_id = _planned(tm, "quick", 1)
+    calls: list[int] = []
+
+    def scheduler_pass(task: Task) -> bool:
+        calls.append(task.step)
+        current = tm.get_task_by_id(task_id)
+        if current.step == 1:
+            nxt = [Subtask(0, task_id, 2, "drain", SubtaskState.PENDING, NODE, 1, meta=b"{}")]
+            assert tm.switch_task_step(current, TaskState.RUNNING, 2, nxt)
+        else:
+            assert tm.succeed(task_id)
+        return True  # "woke the scheduler"
+
+    task = tm.get_task_by_id(task_id)
+    slots = SlotManager(2)
+    assert slots.alloc(task)
+    hour = 3600.0
+    intervals = replace(Intervals.fast(), subtask_check=hour, max_subtask_check=hour, step_done_check=0.02)
+    param = Param(tm, slots, NodeResource(2, 1 << 30), NODE, intervals, on_step_drained=scheduler_pass)
+    BaseTaskExecutor(Context.background(), task, param, _Noop()).run()  # returns: it saw the task succeed
+    assert calls == [1, 2]
+    assert tm.get_subtask_cnt_group_by_states(task_id, 2) == {SubtaskState.SUCCEED: 1}
+    assert tm.get_task_by_id(task_id).state == TaskState.SUCCEED

@@ -92,6 +92,19 @@ def test_get_task_with_history_finds_moved_task(task_manager: TaskManager) -> No
     assert task_manager.create_task("new", "t", 1) > task.id
 
 
+def test_count_tasks_counts_live_and_history_in_one_read(task_manager: TaskManager) -> None:
+    a, b, c, d = (new_task(task_manager, k) for k in "abcd")
+    for t in (a, b, c):
+        force_task(task_manager, t.id, state=TaskState.SUCCEED)
+    assert task_manager.transfer_tasks_to_history([task_manager.get_task_by_id(a.id)]) == 1
+    assert task_manager.count_tasks([TaskState.SUCCEED]) == 3
+    assert task_manager.count_tasks([TaskState.SUCCEED], with_history=False) == 2
+    assert task_manager.count_tasks([TaskState.SUCCEED], min_id=b.id) == 2
+    assert task_manager.count_tasks([TaskState.SUCCEED], min_id=a.id, max_id=b.id) == 2
+    assert task_manager.count_tasks([TaskState.SUCCEED, TaskState.PENDING], min_id=c.id, max_id=d.id) == 2
+    assert task_manager.count_tasks([TaskState.FAILED]) == 0
+
+
 def test_get_tasks_in_states_and_all_tasks(task_manager: TaskManager) -> None:
     a = new_task(task_manager, "a")
     b = new_task(task_manager, "b", priority=1)

@@ -80,7 +80,7 @@ class Cluster:
             name,
             [
                 *(str(BIN / "celery"), "-A", "bench.app", "worker", "-n", name, "-P", "prefork"),
-                *("-c", str(concurrency), "-l", "warning", "--without-gossip", "--without-mingle"),
+                *("-c", str(concurrency), "-l", "warning"),
             ],
         )
 

@@ -354,11 +354,18 @@ def get_task_progress(tm: TaskManager, task_id: int) -> TaskProgress:
     progress = TaskProgress(task)
     for step, counts in tm.get_subtask_counts_by_step(task_id).items():
         sp = StepProgress(step, dict(counts))
-        for summary in tm.get_subtask_summaries(task_id, step):
-            sp.row_count += _int(summary.get("row_count"))
-            sp.bytes += _int(summary.get("bytes"))
+        sp.row_count, sp.bytes = summed_summaries(tm, task_id, step)
         progress.steps[step] = sp
     return progress
+
+
+def summed_summaries(tm: TaskManager, task_id: int, step: int) -> tuple[int, int]:
+    """Summed ``row_count`` and ``bytes`` of the subtask summaries of one step."""
+    rows = size = 0
+    for summary in tm.get_subtask_summaries(task_id, step):
+        rows += _int(summary.get("row_count"))
+        size += _int(summary.get("bytes"))
+    return rows, size
 
 
 def _int(value: object) -> int:
@@ -386,6 +393,7 @@ __all__ = [
     "resume_task",
     "run_with_retry",
     "submit_task",
+    "summed_summaries",
     "wait_task",
     "waiting_reason",
 ]

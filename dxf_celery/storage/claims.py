@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, Integer, bindparam, exists, func, select, text, update
+from sqlalchemy import Connection, Engine, Integer, bindparam, exists, func, literal, select, text, tuple_, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.sql import TextClause, Update
 from sqlalchemy.sql.elements import BindParameter
@@ -73,37 +73,51 @@ def _finish_statement() -> Update:
     )
 
 
-def _claim_statement(*, spell_out_active: bool) -> Update:
+def _claim_statement(*, keyset: bool) -> Update:
     """``UPDATE ... WHERE id = (lowest pending, skip locked) AND state = 'pending' RETURNING``,
     only while the task is runnable at the step.
 
-    ``spell_out_active`` repeats the partial index's predicate, which SQLite needs to use the
-    index; on PostgreSQL it would turn into a second index condition that costs the id order
-    (a sort of every pending row per claim).
+    Both forms repeat the partial index's predicate, so the planner may use the claim index.
+    ``keyset`` (PostgreSQL) picks the row as the first entry at or after ``(task, node, step,
+    'pending')`` in the order of ``ix_dxf_subtask_claim``, the one index that gives that order:
+    with equalities instead, the planner's choice follows the statistics, and right after a
+    big step is planned (no ANALYZE yet) it sorted the node's 50,000 pending rows per claim;
+    with statistics it walked the primary key past every finished row. The entry found may
+    be of another group (none pending here): the outer ``WHERE`` then matches nothing.
     """
     step: BindParameter[int] = bindparam("b_step", type_=Integer)
     runnable = exists().where(
         _t.c.id == bindparam("b_task_id"), _t.c.state.in_(RUNNABLE_TASK_STATES), _t.c.step == step
     )
-    pick = (
-        select(_s.c.id)
-        .where(
+    pending = SubtaskState.PENDING.value
+    if keyset:
+        group = (_s.c.task_id, _s.c.exec_id, _s.c.step, _s.c.state)
+        mine: tuple[Any, ...] = (bindparam("b_task_id"), bindparam("b_exec_id"), step, literal(pending))
+        where: tuple[Any, ...] = (
+            tuple_(*group, _s.c.id) > tuple_(*mine, literal(0)),
+            tuple_(*group) <= tuple_(*mine),
+            text(ACTIVE_PREDICATE),
+            runnable,
+        )
+        order: tuple[Any, ...] = (*group, _s.c.id)
+    else:
+        where = (
             _s.c.task_id == bindparam("b_task_id"),
             _s.c.exec_id == bindparam("b_exec_id"),
             _s.c.step == step,
-            _s.c.state == SubtaskState.PENDING.value,
-            *((text(ACTIVE_PREDICATE),) if spell_out_active else ()),
+            _s.c.state == pending,
+            text(ACTIVE_PREDICATE),
             runnable,
         )
-        .order_by(_s.c.id)
-        .limit(1)
-        .with_for_update(skip_locked=True)
-        .scalar_subquery()
-    )
+        order = (_s.c.id,)
+    pick = select(_s.c.id).where(*where).order_by(*order).limit(1).with_for_update(skip_locked=True).scalar_subquery()
     now = server_now()
+    # The row is locked by the pick, which re-checks its conditions on the row's latest version,
+    # so ``id`` alone suffices here on PostgreSQL (and keeps the primary key the only index to use).
+    guards = () if keyset else (_s.c.exec_id == bindparam("b_exec_id"), _s.c.state == pending)
     return (
         update(_s)
-        .where(_s.c.id == pick, _s.c.exec_id == bindparam("b_exec_id"), _s.c.state == SubtaskState.PENDING.value)
+        .where(_s.c.id == pick, *guards)
         .values(state=SubtaskState.RUNNING.value, start_time=now, state_update_time=now)
         .returning(
             *_s.c,
@@ -116,8 +130,8 @@ def _claim_statement(*, spell_out_active: bool) -> Update:
 
 # Built once: SQLAlchemy caches their compiled form, so a claim costs no statement building.
 _FINISH = _finish_statement()
-_CLAIM = _claim_statement(spell_out_active=False)
-_CLAIM_SQLITE = _claim_statement(spell_out_active=True)
+_CLAIM = _claim_statement(keyset=True)
+_CLAIM_SQLITE = _claim_statement(keyset=False)
 #: PostgreSQL: the finish as a data-modifying CTE of the claim (run exactly once, referenced or not).
 _FINISH_AND_CLAIM = _CLAIM.add_cte(_FINISH.returning(_s.c.id).cte("dxf_finished"))
 

@@ -54,20 +54,27 @@ PROGRESS_FIELDS = (
 PROGRESS_STATE = "PROGRESS"
 #: Fewest seconds between two ``PROGRESS`` writes to the result backend.
 MIN_STORE_INTERVAL = 1.0
+#: The progress period is at least this many times as long as reading the figures took.
+COST_SHARE = 20.0
 
 
 def progress_fields(tm: TaskManager, task_id: int, node: str) -> dict[str, Any]:
-    """The event payload for ``task_id`` as it is in SQL now (live or already in history)."""
-    from dxf_celery.handle import get_task_progress
+    """The event payload for ``task_id`` as it is in SQL now (live or already in history).
 
-    progress = get_task_progress(tm, task_id)
-    task = progress.task
+    One aggregate of the counts per step, then the summaries of the reported step only: a
+    task's other steps (and their rows) are not read.
+    """
+    from dxf_celery.handle import get_task, summed_summaries
+
+    task = get_task(tm, task_id)
+    by_step = tm.get_subtask_counts_by_step(task_id)
     # A finished task is at STEP_DONE: report the last step that had subtasks.
-    step = task.step if task.step in progress.steps or not progress.steps else max(progress.steps)
-    counts = progress.steps[step].counts if step in progress.steps else {}
+    step = task.step if task.step in by_step or not by_step else max(by_step)
+    counts = dict(by_step.get(step, {}))
     total = sum(counts.values())
     done = counts.get(SubtaskState.SUCCEED, 0)
-    planned = sorted(s for s in progress.steps if s >= 0)
+    planned = sorted(s for s in by_step if s >= 0)
+    rows, size = summed_summaries(tm, task_id, step) if step in by_step else (0, 0)
     return {
         "dxf_task_id": task.id,
         "dxf_key": task.key,
@@ -84,8 +91,8 @@ def progress_fields(tm: TaskManager, task_id: int, node: str) -> dict[str, Any]:
         # Step k of n: n counts the steps planned so far (a task type decides its next step late).
         "step_index": planned.index(step) + 1 if step in planned else 0,
         "step_count": len(planned),
-        "rows": progress.steps[step].row_count if step in progress.steps else 0,
-        "bytes": progress.steps[step].bytes if step in progress.steps else 0,
+        "rows": rows,
+        "bytes": size,
     }
 
 
@@ -109,6 +116,11 @@ def progress_meta(fields: dict[str, Any]) -> dict[str, Any]:
         "key": fields["dxf_key"],
         "node": fields["node"],
     }
+
+
+def progress_period(interval: float, read_seconds: float) -> float:
+    """Seconds until the next look: ``interval``, or :data:`COST_SHARE` times the last read if longer."""
+    return max(interval, read_seconds * COST_SHARE)
 
 
 class ProgressReporter:
@@ -158,8 +170,13 @@ class ProgressReporter:
         self._send(final=True)  # the final figures
 
     def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
+        # The figures are read from SQL; on a task of very many subtasks that read costs, so the
+        # period stretches to keep it under 1/COST_SHARE of this thread's time.
+        wait = self.interval
+        while not self._stop.wait(wait):
+            started = time.monotonic()
             self._send()
+            wait = progress_period(self.interval, time.monotonic() - started)
 
     def _send(self, final: bool = False) -> None:
         try:

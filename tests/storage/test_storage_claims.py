@@ -193,12 +193,14 @@ def test_a_lost_held_connection_is_replaced(task_manager: TaskManager, db_kind: 
         claims.close()
 
 
-def test_claim_uses_the_claim_index(task_manager: TaskManager, db_kind: str) -> None:
-    """The real claim statement reads pending rows through ix_dxf_subtask_claim, not the primary key."""
+@pytest.mark.parametrize("finished", [390, 0], ids=["mostly-finished", "all-pending"])
+def test_claim_uses_the_claim_index(task_manager: TaskManager, db_kind: str, finished: int) -> None:
+    """The real claim statement reads pending rows through ix_dxf_subtask_claim, not the primary key,
+    whether most rows are finished or all are pending (a step just planned)."""
     tm = task_manager
     task = running_task(tm, n=400)
     with tm.write_engine.begin() as conn:
-        conn.execute(text("UPDATE dxf_subtask SET state = 'succeed' WHERE ordinal <= 390"))
+        conn.execute(text("UPDATE dxf_subtask SET state = 'succeed' WHERE ordinal <= :n"), {"n": finished})
         analyze = {"postgresql": "ANALYZE dxf_subtask", "mariadb": "ANALYZE TABLE dxf_subtask", "sqlite": "ANALYZE"}
         conn.execute(text(analyze[db_kind]))
     # Capture the claim as the driver receives it, then EXPLAIN exactly that statement.
@@ -212,7 +214,7 @@ def test_claim_uses_the_claim_index(task_manager: TaskManager, db_kind: str) -> 
     claims = tm.subtask_claims("n1", task.id)
     try:
         got = claims.claim(1)
-        assert got is not None and got.subtask.ordinal == 391
+        assert got is not None and got.subtask.ordinal == finished + 1
     finally:
         claims.close()
         event.remove(tm.write_engine, "before_cursor_execute", capture)
@@ -228,9 +230,10 @@ def test_claim_uses_the_claim_index(task_manager: TaskManager, db_kind: str) -> 
         raw.close()
     plan_text = "\n".join(" ".join(str(c) for c in row) for row in plan_rows)
     if db_kind == "postgresql":
-        # At this size the planner may as well seek (exec_id, state): neither walks finished rows.
-        assert "ix_dxf_subtask_claim" in plan_text or "ix_dxf_subtask_exec_state" in plan_text, plan_text
-        assert "Seq Scan on dxf_subtask" not in plan_text, plan_text
+        # The pick is a range of the claim index (its order, no sort); the update finds the row by id.
+        assert "Index Scan using ix_dxf_subtask_claim" in plan_text, plan_text
+        assert "Sort" not in plan_text and "Seq Scan on dxf_subtask" not in plan_text, plan_text
+        assert "Index Scan using pk_dxf_subtask" in plan_text, plan_text
     else:
         assert "ix_dxf_subtask_claim" in plan_text, plan_text
 

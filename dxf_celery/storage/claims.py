@@ -112,9 +112,16 @@ def _claim_statement(*, keyset: bool) -> Update:
         order = (_s.c.id,)
     pick = select(_s.c.id).where(*where).order_by(*order).limit(1).with_for_update(skip_locked=True).scalar_subquery()
     now = server_now()
-    # The row is locked by the pick, which re-checks its conditions on the row's latest version,
-    # so ``id`` alone suffices here on PostgreSQL (and keeps the primary key the only index to use).
-    guards = () if keyset else (_s.c.exec_id == bindparam("b_exec_id"), _s.c.state == pending)
+    # The guards stay on the update itself (a fault run showed a subtask claimed twice without
+    # them). On PostgreSQL they are written through coalesce() so no (exec_id, state) index is a
+    # candidate: without statistics the planner found the row through one and filtered 50,000.
+    if keyset:
+        guards: tuple[Any, ...] = (
+            func.coalesce(_s.c.exec_id, "") == bindparam("b_exec_id"),
+            func.coalesce(_s.c.state, "") == pending,
+        )
+    else:
+        guards = (_s.c.exec_id == bindparam("b_exec_id"), _s.c.state == pending)
     return (
         update(_s)
         .where(_s.c.id == pick, *guards)

@@ -41,7 +41,7 @@ from dxf_celery.storage.tables import ACTIVE_PREDICATE, Blob, LongText, subtask_
 T = TypeVar("T")
 
 #: Task states in which an executor may start subtasks.
-RUNNABLE_TASK_STATES = (TaskState.RUNNING.value, TaskState.MODIFYING.value)
+RUNNABLE_TASK_STATES = claims_mysql.RUNNABLE_TASK_STATES
 
 _s = subtask_table
 _t = task_table

@@ -25,12 +25,12 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, select, text
 from sqlalchemy.sql import Select, TextClause
 
-from dxf_celery.proto import SubtaskFinish, SubtaskState
+from dxf_celery.proto import SubtaskFinish, SubtaskState, TaskState
 from dxf_celery.storage.clock import server_now
 from dxf_celery.storage.tables import subtask_table, task_table
 
-#: Task states in which an executor may start subtasks (as in :mod:`.claims`).
-RUNNABLE = ("running", "modifying")
+#: Task states in which an executor may start subtasks (:mod:`.claims` uses the same tuple).
+RUNNABLE_TASK_STATES = (TaskState.RUNNING.value, TaskState.MODIFYING.value)
 
 _RUNNABLE_AT_STEP = (
     "EXISTS (SELECT 1 FROM dxf_task WHERE dxf_task.id = :task_id "
@@ -82,8 +82,8 @@ def claim_params(task_id: int, exec_id: str, step: int) -> dict[str, Any]:
         "task_id": task_id,
         "exec_id": exec_id,
         "step": step,
-        "runnable_1": RUNNABLE[0],
-        "runnable_2": RUNNABLE[1],
+        "runnable_1": RUNNABLE_TASK_STATES[0],
+        "runnable_2": RUNNABLE_TASK_STATES[1],
     }
 
 
@@ -120,4 +120,11 @@ def _now(conn: Connection) -> str:
     return str(server_now().compile(dialect=conn.dialect))
 
 
-__all__ = ["CLAIMED_ROW", "claim_params", "claim_text", "finish_and_claim_text", "finish_params"]
+__all__ = [
+    "CLAIMED_ROW",
+    "RUNNABLE_TASK_STATES",
+    "claim_params",
+    "claim_text",
+    "finish_and_claim_text",
+    "finish_params",
+]

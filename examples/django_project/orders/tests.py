@@ -13,10 +13,8 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import psycopg
 from django.contrib.auth import get_user_model
@@ -30,21 +28,10 @@ from dxf_celery.contrib.django.testing import local_cluster
 from dxf_celery.errors import TaskAlreadyExistsError, TaskNotFoundError
 from dxf_celery.examples import noop
 from dxf_celery.proto import TaskState
+from dxf_celery.testing import wait_until
 from orders.models import Order
 
 PROJECT = Path(__file__).resolve().parents[1]
-T = TypeVar("T")
-
-
-def wait_for(predicate: Callable[[], T], timeout: float = 60.0, what: str = "condition") -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
 
 
 def post_order(client: Any, **body: Any) -> Any:
@@ -142,7 +129,9 @@ class EndToEndTests(TransactionTestCase):
             task_id = post_order(self.client, key="adm-1", items=2).json()["id"]
             cluster.wait_task(task_id, timeout=60)
             # A finished task moves to history on a later scheduler pass.
-            wait_for(lambda: TaskHistory.objects.filter(id=task_id).exists(), what="the task to reach history")
+            wait_until(
+                lambda: TaskHistory.objects.filter(id=task_id).exists(), timeout=60, what="the task to reach history"
+            )
         pending_id = post_order(self.client, key="adm-pending", items=1).json()["id"]
         live = self.client.get("/admin/dxf_celery/task/")
         self.assertEqual(live.status_code, 200)
@@ -164,16 +153,19 @@ class EndToEndTests(TransactionTestCase):
     def test_cancel_action_cancels_a_running_task(self) -> None:
         with local_cluster() as cluster:
             task_id = post_order(self.client, key="cx-1", items=2, sleep=60).json()["id"]
-            wait_for(
-                lambda: Subtask.objects.filter(task_id=task_id, state="running").exists(), what="a running subtask"
+            wait_until(
+                lambda: Subtask.objects.filter(task_id=task_id, state="running").exists(),
+                timeout=60,
+                what="a running subtask",
             )
             response = self.client.post(
                 "/admin/dxf_celery/task/", {"action": "cancel_tasks", "_selected_action": [str(task_id)]}
             )
             self.assertEqual(response.status_code, 302)
             done = cluster.wait_task(task_id, timeout=60, raise_error=False)
-            wait_for(
+            wait_until(
                 lambda: TaskHistory.objects.filter(id=task_id, state="reverted").exists(),
+                timeout=60,
                 what="the cancelled task to reach history",
             )
         self.assertEqual(done.state, TaskState.REVERTED)
@@ -235,7 +227,7 @@ class RealWorkerTests(TransactionTestCase):
                 raise AssertionError(f"worker exited:\n{self.log.read_text()[-3000:]}")
             return any(n.id.startswith("ex@") for n in tm.get_all_nodes())
 
-        wait_for(registered, what="the worker to register its node")
+        wait_until(registered, timeout=60, what="the worker to register its node")
         response = post_order(self.client, key="real-1", items=2)
         self.assertEqual(response.status_code, 201)
         done = get_dxf().wait_task(response.json()["id"], timeout=90)

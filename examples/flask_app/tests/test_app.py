@@ -6,11 +6,9 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 from conftest import TEST_DATABASE_URL
@@ -20,21 +18,9 @@ from shop_flask import db
 from sqlalchemy import func, select
 
 from dxf_celery.proto import TaskState
-from dxf_celery.testing import LocalCluster
+from dxf_celery.testing import LocalCluster, wait_until
 
 PROJECT = Path(__file__).resolve().parents[1]
-T = TypeVar("T")
-
-
-def wait_for(predicate: Callable[[], T], timeout: float = 60.0, what: str = "condition") -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
 
 
 @pytest.fixture
@@ -145,7 +131,7 @@ def test_committed_order_runs_on_a_real_worker(
             raise AssertionError(f"worker exited:\n{log.read_text()[-3000:]}")
         return any(n.id.startswith("flask-") for n in dxf.task_manager.get_all_nodes())
 
-    wait_for(registered, what="the worker to register its node")
+    wait_until(registered, timeout=60, what="the worker to register its node")
     response = client.post("/orders/", json={"key": key, "items": 2})
     assert response.status_code == 201
     done = dxf.wait_task(response.get_json()["id"], timeout=90)

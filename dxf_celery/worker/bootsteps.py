@@ -36,7 +36,7 @@ def direct_queue(name: str) -> Queue:
     return Queue(name, Exchange(name, type="direct"), routing_key=name)
 
 
-class DXFNodeStep(bootsteps.StartStopStep):  # type: ignore[misc]
+class DXFNodeStep(bootsteps.StartStopStep):
     """Holds the node's :class:`NodeRuntime`; started after the pool, stopped before it."""
 
     label = "DXF node"
@@ -87,7 +87,7 @@ class DXFNodeStep(bootsteps.StartStopStep):  # type: ignore[misc]
             self.runtime.stop()
 
 
-class DXFSchedulerTicks(bootsteps.ConsumerStep):  # type: ignore[misc]
+class DXFSchedulerTicks(bootsteps.ConsumerStep):
     """Consumes ``dxf.schedule`` ticks in the worker main process and hands them to the runtime.
 
     The handler only flips an event (the consumer loop must stay fast); the runtime's

@@ -19,7 +19,7 @@ def _runtime(state: Any) -> Any:
     return find_runtime(getattr(state.consumer, "hostname", ""))
 
 
-@control_command(  # type: ignore[untyped-decorator]
+@control_command(
     args=[("task_id", int), ("subtask_only", bool)],
     signature="<task_id> [subtask_only=False]",
 )
@@ -38,7 +38,7 @@ def dxf_cancel(state: Any, task_id: int, subtask_only: bool = False) -> dict[str
     return {"ok": f"cancel sent to the executor of task {task_id}"}
 
 
-@control_command()  # type: ignore[untyped-decorator]
+@control_command()
 def dxf_wake(state: Any) -> dict[str, str]:
     """Run a node check pass now (sent after a scheduler pass triggered by a user action)."""
     runtime = _runtime(state)
@@ -48,7 +48,7 @@ def dxf_wake(state: Any) -> dict[str, str]:
     return {"ok": "woken"}
 
 
-@inspect_command()  # type: ignore[untyped-decorator]
+@inspect_command()
 def dxf_node(state: Any) -> dict[str, Any]:
     """This node's DXF view: slots, running executors, whether it holds the scheduler lease."""
     runtime = _runtime(state)

@@ -9,7 +9,7 @@ from celery.worker.request import Request
 from dxf_celery.worker.launcher import tracker
 
 
-class ExecuteRequest(Request):  # type: ignore[misc]
+class ExecuteRequest(Request):
     """Records the accepted request (worker main process) so its ``CeleryRunningExecutor`` can watch it finish.
 
     ``on_accepted`` is the one completion-path hook that Celery's per-task request subclass

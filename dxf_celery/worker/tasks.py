@@ -250,7 +250,7 @@ def run_schedule(state: DXFState, reason: str) -> bool:
 def register_tasks(app: Celery, state: DXFState) -> None:
     """Register ``dxf.execute`` and ``dxf.schedule`` on ``app`` (JSON only; results only where a backend is set)."""
 
-    @app.task(  # type: ignore[call-overload, untyped-decorator, misc]
+    @app.task(
         name=EXECUTE_TASK,
         bind=True,
         ignore_result=True,
@@ -298,7 +298,7 @@ def register_tasks(app: Celery, state: DXFState) -> None:
         )
         return outcome.finish(result)
 
-    @app.task(  # type: ignore[untyped-decorator]
+    @app.task(
         name=SCHEDULE_TASK,
         ignore_result=True,
         serializer="json",

@@ -1,10 +1,13 @@
 """The balancer: keeps each task's active subtasks spread evenly over live eligible nodes.
 
 It is also the failover path: subtasks of a node that was deleted (lost: no heartbeat for
-the TTL plus the lost grace) or cut by ``max_node_count`` move, running ones included, to the
-remaining nodes. A suspect node (silent past the TTL only) loses its pending subtasks but
-keeps its running ones, which it finishes if it comes back within the grace. Between live
-nodes only pending subtasks move, because a running one would be abandoned half done. Every
+the TTL plus the lost grace) move, running ones included, to the remaining nodes. A suspect
+node (silent past the TTL only) loses its pending subtasks but keeps its running ones, which
+it finishes if it comes back within the grace. Between live nodes only pending subtasks move,
+because a running one would be abandoned half done (an idempotent one runs twice, a
+non-idempotent one fails its task): that holds as well for a live node the task may no longer
+use (full with higher-ranked tasks, cut by ``max_node_count``, out of scope), which keeps its
+running subtasks and gives up its pending ones. (DXF moves those running ones too.) Every
 move is guarded by the state read, so a subtask that started meanwhile stays where it is.
 
 A round plans on counts, not rows: one aggregate (:meth:`TaskManager.get_live_load`) gives
@@ -18,7 +21,7 @@ that moved nothing is not planned again.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Collection, Hashable, Sequence
 from dataclasses import dataclass
 
 from dxf_celery.proto import LiveLoad, NodeLoad, SubtaskBase, SubtaskState, TaskBase
@@ -42,7 +45,8 @@ class Quota:
     leave: tuple[tuple[str, int | None], ...]
     #: Adjusted nodes in order, with how many subtasks each takes.
     take: tuple[tuple[str, int], ...]
-    #: Adjusted nodes that hold at least one subtask afterwards (their slots count as used).
+    #: Nodes that hold at least one subtask afterwards (their slots count as used): the
+    #: adjusted ones, then live ones outside them that keep running subtasks.
     holding: tuple[str, ...]
 
     @property
@@ -56,11 +60,18 @@ def _order_key(cell: NodeLoad) -> tuple[int, int]:
 
 
 def plan_quota(
-    task: TaskBase, loads: dict[str, NodeLoad], eligible: Sequence[str], used: dict[str, int], total_slots: int
+    task: TaskBase,
+    loads: dict[str, NodeLoad],
+    eligible: Sequence[str],
+    used: dict[str, int],
+    total_slots: int,
+    live: Collection[str],
 ) -> Quota | None:
     """The plan for one task from its per-node counts; None when no eligible node has room.
 
-    Pure function, so the distribution rules are testable without a database.
+    ``live`` are the nodes alive now: one of them outside the nodes the task uses keeps its
+    running subtasks (only a gone node's move). Pure function, so the distribution rules are
+    testable without a database.
     """
     adjusted = [n for n in eligible if used.get(n, 0) + task.concurrency <= total_slots]
     if not adjusted:
@@ -70,16 +81,24 @@ def plan_quota(
     if 0 < task.max_node_count < len(adjusted):
         # Keep the nodes that already hold the most subtasks: the fewest moves.
         adjusted = sorted(adjusted, key=lambda n: -size.get(n, 0))[: task.max_node_count]
-    avg, rem = divmod(sum(size.values()), len(adjusted))
     adjusted_set = set(adjusted)
+    # Live nodes the task may not use keep their running subtasks: those need no place.
+    stay = {n: loads[n].running for n in by_node if n not in adjusted_set and n in live and loads[n].running}
+    avg, rem = divmod(sum(size.values()) - sum(stay.values()), len(adjusted))
     leave: list[tuple[str, int | None]] = []
     queued = 0
     target: dict[str, int] = {}
     kept: dict[str, int] = {}
     for node in by_node:
         if node not in adjusted_set:
-            leave.append((node, None))  # dead, full or cut: everything goes, running too
-            queued += size[node]
+            if node in stay:
+                out = loads[node].pending  # full, cut or out of scope: its pending ones go
+                if out:
+                    leave.append((node, out))
+                    queued += out
+            else:
+                leave.append((node, None))  # gone (or holding no running one): everything goes
+                queued += size[node]
             continue
         if rem > 0 and size[node] >= avg + 1:
             target[node] = avg + 1
@@ -111,7 +130,7 @@ def plan_quota(
             take.append((node, n))
             kept[node] += n
             queued -= n
-    holding = tuple(n for n in adjusted if kept[n] > 0)
+    holding = tuple(n for n in adjusted if kept[n] > 0) + tuple(stay)
     return Quota(tuple(leave), tuple(take), holding)
 
 
@@ -156,12 +175,13 @@ def plan_moves(
     eligible: Sequence[str],
     used: dict[str, int],
     total_slots: int,
+    live: Collection[str],
 ) -> tuple[list[SubtaskBase], list[str]]:
     """Decide which of ``active`` move where; returns (moved copies with new exec_id, nodes used).
 
     The same plan as the balancer makes from counts, on rows held in memory.
     """
-    quota = plan_quota(task, load_of(active), eligible, used, total_slots)
+    quota = plan_quota(task, load_of(active), eligible, used, total_slots, live)
     if quota is None:
         return [], []
     by_node: dict[str, list[SubtaskBase]] = {}
@@ -225,12 +245,12 @@ class Balancer:
                 holding: Sequence[str] = last[1]
                 settled[task.id] = last
             else:
-                quota = plan_quota(task, loads, eligible, used, total_slots)
+                quota = plan_quota(task, loads, eligible, used, total_slots, live | suspect)
                 if quota is None:
                     continue
                 holding = quota.holding
                 if quota.moves:
-                    moved_total += self._move(task, quota, suspect)
+                    moved_total += self._move(task, quota, live | suspect)
                 else:
                     settled[task.id] = (key, quota.holding)
             for n in holding:
@@ -238,10 +258,13 @@ class Balancer:
         self._settled = settled
         return moved_total
 
-    def _move(self, task: TaskBase, quota: Quota, suspect: set[str]) -> int:
+    def _move(self, task: TaskBase, quota: Quota, alive: set[str]) -> int:
+        """Move what ``quota`` says; a node in ``alive`` gives pending rows only, whatever the
+        counts said (a subtask may have started there since they were read)."""
+
         def rows_of(node: str, everything: bool, n: int) -> list[SubtaskBase]:
             if everything:
-                rows = self._tm.get_node_subtasks(task.id, node, pending_only=node in suspect)
+                rows = self._tm.get_node_subtasks(task.id, node, pending_only=node in alive)
                 return sorted(rows, key=lambda s: (s.state != SubtaskState.RUNNING, s.id))
             return self._tm.get_node_subtasks(task.id, node, pending_only=True, newest=n)
 

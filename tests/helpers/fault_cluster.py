@@ -263,9 +263,7 @@ class FaultCluster:
     def verdict(self, tasks: Sequence[Submitted]) -> Verdict:
         return Verdict([self.figures(t) for t in tasks])
 
-    def finish_and_judge(
-        self, tasks: Sequence[Submitted], timeout: float = 240, *, idempotent_reruns_known: bool = False
-    ) -> Verdict:
+    def finish_and_judge(self, tasks: Sequence[Submitted], timeout: float = 240) -> Verdict:
         """Wait for every task to end, then assert the scenario's promise; the figures go to the output."""
         self.open_gate()
         try:
@@ -273,7 +271,7 @@ class FaultCluster:
         finally:
             verdict = self.verdict(tasks)
             self.print_report(verdict)
-        verdict.assert_clean(idempotent_reruns_known=idempotent_reruns_known)
+        verdict.assert_clean()
         return verdict
 
     def print_report(self, verdict: Verdict) -> None:

@@ -119,12 +119,8 @@ class Verdict:
     def report(self) -> str:
         return "\n".join(t.line() for t in self.tasks)
 
-    def problems(self, *, idempotent_reruns_known: bool = False) -> list[str]:
-        """Every breach of "every task succeeds, 0 lost, 0 double runs, no subtask succeeded twice".
-
-        ``idempotent_reruns_known``: an idempotent subtask that succeeded twice (DXF allows it to
-        re-run) is reported but not a breach, for a scenario where that is a known open bug.
-        """
+    def problems(self) -> list[str]:
+        """Every breach of "every task succeeds, 0 lost, 0 double runs, no subtask succeeded twice"."""
         found = []
         for t in self.tasks:
             if t.state != "succeed":
@@ -133,12 +129,12 @@ class Verdict:
                 found.append(f"task {t.task_id}: {t.lost} subtasks lost ({t.never_ran} never ran)")
             if not t.idempotent and t.double_runs:
                 found.append(f"task {t.task_id}: {t.double_runs} non-idempotent subtasks ran twice")
-            if t.succeeded_twice and not (t.idempotent and idempotent_reruns_known):
+            if t.succeeded_twice:
                 found.append(f"task {t.task_id}: {t.succeeded_twice} subtasks succeeded twice")
         return found
 
-    def assert_clean(self, *, idempotent_reruns_known: bool = False) -> None:
-        problems = self.problems(idempotent_reruns_known=idempotent_reruns_known)
+    def assert_clean(self) -> None:
+        problems = self.problems()
         assert not problems, "; ".join(problems) + "\n" + self.report()
 
 

@@ -5,7 +5,7 @@ plan as the balancer ran it before it planned on counts, kept here as the oracle
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 
 import pytest
@@ -15,7 +15,12 @@ from dxf_celery.scheduler.balancer import load_of, pick_moves, plan_moves, plan_
 
 
 def _reference_plan(
-    task: TaskBase, active: Sequence[SubtaskBase], eligible: Sequence[str], used: dict[str, int], total_slots: int
+    task: TaskBase,
+    active: Sequence[SubtaskBase],
+    eligible: Sequence[str],
+    used: dict[str, int],
+    total_slots: int,
+    live: Collection[str],
 ) -> tuple[list[SubtaskBase], list[str]]:
     adjusted = [n for n in eligible if used.get(n, 0) + task.concurrency <= total_slots]
     if not adjusted:
@@ -25,14 +30,24 @@ def _reference_plan(
         by_node.setdefault(s.exec_id, []).append(s)
     if 0 < task.max_node_count < len(adjusted):
         adjusted = sorted(adjusted, key=lambda n: -len(by_node.get(n, [])))[: task.max_node_count]
-    avg, rem = divmod(len(active), len(adjusted))
     adjusted_set = set(adjusted)
+    # A live node the task may not use keeps its running subtasks (a gone node keeps none).
+    stays = {
+        node: [s for s in subs if s.state == SubtaskState.RUNNING]
+        for node, subs in by_node.items()
+        if node not in adjusted_set and node in live
+    }
+    stays = {node: subs for node, subs in stays.items() if subs}
+    avg, rem = divmod(len(active) - sum(len(subs) for subs in stays.values()), len(adjusted))
     to_move: list[SubtaskBase] = []
     target: dict[str, int] = {}
     kept: dict[str, int] = {}
     for node, subs in by_node.items():
         if node not in adjusted_set:
-            to_move.extend(subs)
+            if node in stays:  # its pending ones queue as a live node's do: the newest first
+                to_move.extend(reversed([s for s in subs if s.state == SubtaskState.PENDING]))
+            else:
+                to_move.extend(subs)
             continue
         if rem > 0 and len(subs) >= avg + 1:
             target[node] = avg + 1
@@ -62,7 +77,7 @@ def _reference_plan(
             kept[node] += 1
             if s.exec_id != node:
                 moved.append(SubtaskBase(**{**vars(s), "exec_id": node}))
-    holding = [n for n in adjusted if kept[n] > 0]
+    holding = [n for n in adjusted if kept[n] > 0] + list(stays)
     return moved, holding
 
 
@@ -80,7 +95,7 @@ def _task(concurrency: int, max_node_count: int) -> TaskBase:
     )
 
 
-def _scenario(rng: random.Random) -> tuple[TaskBase, list[SubtaskBase], list[str], dict[str, int]]:
+def _scenario(rng: random.Random) -> tuple[TaskBase, list[SubtaskBase], list[str], dict[str, int], list[str]]:
     nodes = [f"n{i}" for i in range(rng.randint(1, 6))]
     holders = nodes + [f"gone{i}" for i in range(rng.randint(0, 2))]
     ids = rng.sample(range(1, 400), rng.randint(0, 40))
@@ -98,19 +113,19 @@ def _scenario(rng: random.Random) -> tuple[TaskBase, list[SubtaskBase], list[str
     ]
     eligible = rng.sample(nodes, rng.randint(1, len(nodes)))
     used = {n: rng.choice((0, 0, 2, 6, 8)) for n in nodes}
-    return _task(rng.choice((1, 2, 4)), rng.choice((0, 0, 1, 2, 3))), active, eligible, used
+    return _task(rng.choice((1, 2, 4)), rng.choice((0, 0, 1, 2, 3))), active, eligible, used, nodes
 
 
 @pytest.mark.parametrize("seed", range(8))
 def test_the_counts_plan_makes_the_row_plans_moves(seed: int) -> None:
     rng = random.Random(seed)
     for _ in range(500):
-        task, active, eligible, used = _scenario(rng)
-        want_moves, want_holding = _reference_plan(task, active, eligible, used, 8)
-        moves, holding = plan_moves(task, active, eligible, used, 8)
+        task, active, eligible, used, live = _scenario(rng)
+        want_moves, want_holding = _reference_plan(task, active, eligible, used, 8, live)
+        moves, holding = plan_moves(task, active, eligible, used, 8, live)
         assert [(m.id, m.exec_id) for m in moves] == [(m.id, m.exec_id) for m in want_moves]
         assert holding == want_holding
-        quota = plan_quota(task, load_of(active), eligible, used, 8)
+        quota = plan_quota(task, load_of(active), eligible, used, 8, live)
         # The counts alone say whether rows must be read at all, and who holds the task after.
         assert (quota.moves if quota else 0) == len(want_moves)
         assert list(quota.holding if quota else ()) == want_holding
@@ -129,6 +144,7 @@ def test_rows_that_changed_since_the_counts_move_as_found() -> None:
         ["n1", "n2"],
         {},
         8,
+        ["n1", "n2"],
     )
     assert quota is not None and quota.leave == (("n1", 2),) and quota.take == (("n2", 2),)
     left = [SubtaskBase(id=4, task_id=1, step=1, type="t", state=SubtaskState.PENDING, exec_id="n1", ordinal=4)]

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from helpers.cluster_types import TASK_TYPE, demo_meta
-from helpers.scheduling import INTERVALS, manager, nodes, passes
+from helpers.scheduling import INTERVALS, manager, nodes, pass_until, passes
 from sqlalchemy import event
 
 from dxf_celery import handle
@@ -133,3 +133,29 @@ def test_several_step_switches_of_a_pass_share_one_transaction(task_manager: Tas
     assert len(inserting) == 1, transactions  # three tasks' switches, one transaction
     for task in tasks:
         assert (handle.get_task(tm, task.id).state, len(tm.get_subtasks(task.id, 1))) == ("running", 2)
+
+
+def test_a_running_subtask_never_leaves_a_live_node_that_is_full_for_its_task(task_manager: TaskManager) -> None:
+    """Scenario c's re-runs and its NonIdempotentSubtaskError: a higher-ranked task takes the
+    slots of n1 in the round, so n1 is full for the lower-ranked task whose subtask runs there.
+    Its pending subtasks may leave n1; the running one stays (moved, it would run twice or, not
+    idempotent, fail its task), and n1's slots count as used by it."""
+    tm = task_manager
+    nodes(tm, "n1", "n2", cpu=2)
+    m = manager(tm, intervals=BALANCE_EVERY_PASS)
+    low = handle.submit_task(tm, "low", TASK_TYPE, meta=demo_meta(steps=1, subtasks=2))
+    passes(m, 2)
+    rows = tm.get_subtasks(low.id, 1)
+    assert len(rows) == 2
+    on_n1 = [replace(s, exec_id="n1") for s in rows if s.exec_id != "n1"]
+    tm.update_subtasks_exec_ids(on_n1)  # both of low's subtasks on n1, the first running
+    first = min(rows, key=lambda s: s.id)
+    tm.start_subtask(first.id, "n1")
+    high = handle.submit_task(
+        tm, "high", TASK_TYPE, meta=demo_meta(steps=1, subtasks=2), priority=1, concurrency=2, max_node_count=1
+    )
+    pass_until(m, lambda: len(tm.get_active_subtasks(high.id)) == 2, "high's subtasks are planned")
+    high_on = {s.exec_id for s in tm.get_active_subtasks(high.id)}
+    passes(m, 3)
+    placed = {s.id: (s.exec_id, s.state.value) for s in tm.get_active_subtasks(low.id)}
+    assert placed[first.id] == ("n1", "running"), (high_on, placed)

@@ -43,11 +43,18 @@ def test_modify_running_task(cluster_url: str) -> None:
         assert (t.concurrency, t.max_node_count, json.loads(t.meta)["modify_batch_size"]) == (4, 2, 500)
         active = cluster.task_manager.get_active_subtasks(task.id)
         assert {s.concurrency for s in active} == {4}
-        # The balancer trims the task to 2 nodes.
-        wait_until(
-            lambda: len({s.exec_id for s in cluster.task_manager.get_active_subtasks(task.id)}) <= 2,
-            what="subtasks on at most 2 nodes",
-        )
+
+        # The balancer trims the task to 2 nodes: the pending subtasks leave the cut node at
+        # once; its running one (blocked here) stays and finishes there, never abandoned.
+        def pending_nodes() -> set[str]:
+            active = cluster.task_manager.get_active_subtasks(task.id)
+            return {s.exec_id for s in active if s.state == SubtaskState.PENDING}
+
+        wait_until(lambda: len(pending_nodes()) <= 2, what="pending subtasks on at most 2 nodes")
+        running = {s.id: s.exec_id for s in active if s.state == SubtaskState.RUNNING}
+        assert len(running) == 3
+        now = cluster.task_manager.get_active_subtasks(task.id)
+        assert {s.id: s.exec_id for s in now if s.state == SubtaskState.RUNNING} == running
         RECORDER.release()
         assert cluster.wait_task(task.id, timeout=TIMEOUT).state == TaskState.SUCCEED
         step2 = cluster.get_subtasks(task.id, 2)

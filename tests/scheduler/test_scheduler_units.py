@@ -31,6 +31,10 @@ def _subs(*placement: tuple[str, str]) -> list[SubtaskBase]:
     ]
 
 
+#: The nodes alive in the balancing tests ("dead" and "gone" are not).
+LIVE = frozenset({"a", "b", "c"})
+
+
 def _nodes(*ids: str, role: str = "", cpu: int = 8) -> list[ManagedNode]:
     return [ManagedNode(i, role, cpu) for i in ids]
 
@@ -75,7 +79,7 @@ def test_balance_spreads_pending_keeps_running() -> None:
     active = _subs(
         ("a", "running"), ("a", "pending"), ("a", "pending"), ("a", "pending"), ("a", "pending"), ("a", "pending")
     )
-    moves, holding = plan_moves(_task(1), active, ["a", "b", "c"], {}, 8)
+    moves, holding = plan_moves(_task(1), active, ["a", "b", "c"], {}, 8, LIVE)
     after = Counter({"a": 6})
     for m in moves:
         after[m.exec_id] += 1
@@ -87,7 +91,7 @@ def test_balance_spreads_pending_keeps_running() -> None:
 
 def test_balance_moves_everything_off_dead_nodes() -> None:
     active = _subs(("dead", "running"), ("dead", "pending"), ("a", "running"), ("b", "pending"))
-    moves, _ = plan_moves(_task(1), active, ["a", "b"], {}, 8)
+    moves, _ = plan_moves(_task(1), active, ["a", "b"], {}, 8, LIVE)
     assert sorted(m.id for m in moves) == [1, 2]
     assert Counter(m.exec_id for m in moves) == Counter({"a": 1, "b": 1})
 
@@ -95,30 +99,46 @@ def test_balance_moves_everything_off_dead_nodes() -> None:
 def test_balance_places_every_subtask_of_a_gone_node_when_the_live_ones_hold_exactly_avg() -> None:
     """5 subtasks on 2 live nodes (2 + 2) and 1 off-node: the remainder quota must take it."""
     active = _subs(("a", "pending"), ("a", "pending"), ("b", "pending"), ("b", "pending"), ("gone", "pending"))
-    moves, holding = plan_moves(_task(1), active, ["a", "b"], {}, 8)
+    moves, holding = plan_moves(_task(1), active, ["a", "b"], {}, 8, LIVE)
     assert [(m.id, m.exec_id) for m in moves] == [(5, "a")]
     assert holding == ["a", "b"]
 
 
 def test_balance_never_moves_running_between_live_nodes() -> None:
     active = _subs(("a", "running"), ("a", "running"), ("a", "running"))
-    moves, _ = plan_moves(_task(1), active, ["a", "b", "c"], {}, 8)
+    moves, _ = plan_moves(_task(1), active, ["a", "b", "c"], {}, 8, LIVE)
     assert moves == []
 
 
 def test_balance_max_node_count_keeps_busiest_nodes() -> None:
     active = _subs(("a", "running"), ("b", "running"), ("b", "pending"), ("c", "pending"))
-    moves, holding = plan_moves(_task(1, max_node_count=2), active, ["a", "b", "c"], {}, 8)
+    moves, holding = plan_moves(_task(1, max_node_count=2), active, ["a", "b", "c"], {}, 8, LIVE)
     # b holds the most, then a (first of the ties): c is cut and its subtask moves.
     assert [(m.id, m.exec_id) for m in moves] == [(4, "a")]
     assert sorted(holding) == ["a", "b"]
 
 
+def test_balance_keeps_running_subtasks_on_a_live_node_it_may_no_longer_use() -> None:
+    """Full (higher-ranked tasks took its slots) or cut by max_node_count: the pending
+    subtasks of a live node leave it, its running ones stay and its slots count as used."""
+    active = _subs(("a", "running"), ("a", "pending"), ("a", "pending"), ("b", "pending"))
+    moves, holding = plan_moves(_task(1, concurrency=2), active, ["a", "b"], {"a": 8}, 8, LIVE)
+    assert sorted((m.id, m.exec_id) for m in moves) == [(2, "b"), (3, "b")]
+    assert holding == ["b", "a"]
+    cut = _subs(("a", "running"), ("b", "running"), ("b", "pending"), ("c", "running"), ("c", "pending"))
+    moves, holding = plan_moves(_task(1, max_node_count=1), cut, ["a", "b", "c"], {}, 8, LIVE)
+    assert [(m.id, m.exec_id) for m in moves] == [(5, "b")]
+    assert holding == ["b", "a", "c"]
+    # Not alive any more: everything goes, running too.
+    moves, _ = plan_moves(_task(1, concurrency=2), active, ["b"], {}, 8, frozenset({"b"}))
+    assert sorted(m.id for m in moves) == [1, 2, 3]
+
+
 def test_balance_skips_full_nodes() -> None:
     active = _subs(("a", "pending"), ("a", "pending"))
-    moves, holding = plan_moves(_task(1, concurrency=4), active, ["a", "b"], {"a": 6}, 8)
+    moves, holding = plan_moves(_task(1, concurrency=4), active, ["a", "b"], {"a": 6}, 8, LIVE)
     assert {m.exec_id for m in moves} == {"b"} and holding == ["b"]
-    assert plan_moves(_task(1, concurrency=4), active, ["a"], {"a": 8}, 8) == ([], [])
+    assert plan_moves(_task(1, concurrency=4), active, ["a"], {"a": 8}, 8, LIVE) == ([], [])
 
 
 def test_fast_intervals_are_fast() -> None:

@@ -19,7 +19,6 @@ from dxf_celery.proto import (
     STEP_INIT,
     ModificationType,
     StoredError,
-    Subtask,
     SubtaskState,
     Task,
     TaskBase,
@@ -28,6 +27,7 @@ from dxf_celery.proto import (
 from dxf_celery.scheduler.interfaces import Extension, StorageTaskHandle, TaskHandle
 from dxf_celery.scheduler.nodes import filter_by_scope
 from dxf_celery.scheduler.param import Param
+from dxf_celery.scheduler.planned import PlannedSubtasks
 from dxf_celery.scheduler.planning import validate_plan
 
 logger = logging.getLogger(__name__)
@@ -339,20 +339,7 @@ class BaseScheduler:
         # counted on its own marked it stale.
         slots.used_for_planning(tm.get_used_slots_on_nodes)
         nodes = slots.adjust_eligible_nodes(exec_ids, task.concurrency)
-        subtasks = [
-            Subtask(
-                id=0,
-                task_id=task.id,
-                step=next_step,
-                type=task.type,
-                state=SubtaskState.PENDING,
-                exec_id=nodes[i % len(nodes)],
-                ordinal=i + 1,
-                concurrency=task.concurrency,
-                meta=meta,
-            )
-            for i, meta in enumerate(metas)
-        ]
+        subtasks = PlannedSubtasks(task, next_step, metas, nodes)
         total = sum(len(m) for m in metas)
         self._wrote()
         held = set(nodes[: len(subtasks)])

@@ -32,12 +32,24 @@ _INSERT_SUBTASKS = insert(subtask_table).values(create_time=server_now())
 MAX_SUBTASK_BATCH_BYTES = 16 * 1024 * 1024
 
 
-def _subtask_rows(task: TaskBase, step: int, subtasks: Sequence[Subtask]) -> list[dict[str, Any]]:
-    ordinals = [s.ordinal for s in subtasks]
-    if len(set(ordinals)) != len(ordinals):
+#: Subtask rows built and sent per ``INSERT`` (SQLAlchemy pages them further). A step's rows
+#: are made a slice at a time: 100,000 row dicts held at once cost the scheduler's process
+#: about 100 MB at its peak.
+ROWS_PER_INSERT = 2000
+
+
+def _check_plan(task: TaskBase, step: int, subtasks: Sequence[Subtask]) -> None:
+    """Refuse a plan before anything is written: repeated ordinals, a meta that is not bytes."""
+    ordinals = {s.ordinal for s in subtasks}
+    if len(ordinals) != len(subtasks):
         raise InvalidTaskError(
             f"subtask ordinals of task {task.id} step {step} repeat; number them 1..n, one per subtask"
         )
+    for s in subtasks:
+        check_meta(s.meta, "subtask meta")
+
+
+def _subtask_rows(task: TaskBase, step: int, subtasks: Sequence[Subtask]) -> list[dict[str, Any]]:
     return [
         {
             "task_id": task.id,
@@ -53,6 +65,12 @@ def _subtask_rows(task: TaskBase, step: int, subtasks: Sequence[Subtask]) -> lis
         }
         for s in subtasks
     ]
+
+
+def _insert_subtasks(conn: Connection, task: TaskBase, step: int, subtasks: Sequence[Subtask]) -> None:
+    """Insert ``subtasks`` (checked by :func:`_check_plan`) in slices of :data:`ROWS_PER_INSERT`."""
+    for start in range(0, len(subtasks), ROWS_PER_INSERT):
+        conn.execute(_INSERT_SUBTASKS, _subtask_rows(task, step, subtasks[start : start + ROWS_PER_INSERT]))
 
 
 def _switch_task(conn: Connection, task: Task, next_state: TaskState, next_step: int) -> bool:
@@ -76,13 +94,12 @@ class StepSwitch(StorageBase):
     def switch_task_step(self, task: Task, next_state: TaskState, next_step: int, subtasks: Sequence[Subtask]) -> bool:
         """One transaction: move the task to ``next_step`` (guarded by its state and step) and
         insert the subtasks. Returns False, inserting nothing, when another scheduler won."""
-        rows = _subtask_rows(task, next_step, subtasks)
+        _check_plan(task, next_step, subtasks)
 
         def txn(conn: Connection) -> bool:
             if not _switch_task(conn, task, next_state, next_step):
                 return False
-            if rows:
-                conn.execute(_INSERT_SUBTASKS, rows)
+            _insert_subtasks(conn, task, next_step, subtasks)
             return True
 
         try:
@@ -100,16 +117,17 @@ class StepSwitch(StorageBase):
         and step, then its inserts) inside a savepoint of its own: one that loses its guard
         or meets rows of an earlier attempt (the unique key) is False and leaves the others.
         """
-        prepared = [(task, state, step, _subtask_rows(task, step, subs)) for task, state, step, subs in switches]
+        for task, _, step, subs in switches:
+            _check_plan(task, step, subs)
 
         def txn(conn: Connection) -> list[bool]:
             out: list[bool] = []
-            for task, next_state, next_step, rows in prepared:
+            for task, next_state, next_step, subtasks in switches:
                 savepoint = conn.begin_nested()
                 try:
                     switched = _switch_task(conn, task, next_state, next_step)
-                    if switched and rows:
-                        conn.execute(_INSERT_SUBTASKS, rows)
+                    if switched:
+                        _insert_subtasks(conn, task, next_step, subtasks)
                 except sa_exc.IntegrityError:
                     savepoint.rollback()
                     logger.warning("subtasks of task %s step %s exist already; step switch skipped", task.id, next_step)
@@ -119,7 +137,7 @@ class StepSwitch(StorageBase):
                 out.append(switched)
             return out
 
-        return self._write(txn) if prepared else []
+        return self._write(txn) if switches else []
 
     def switch_task_step_in_batch(
         self, task: Task, next_state: TaskState, next_step: int, subtasks: Sequence[Subtask]
@@ -130,32 +148,32 @@ class StepSwitch(StorageBase):
         inserted, then moves the task. The plan must be deterministic: finding more subtasks
         than planned raises :class:`UnstableSubtasksError`.
         """
-        rows = _subtask_rows(task, next_step, subtasks)
+        _check_plan(task, next_step, subtasks)
 
         def count_existing() -> int:
             stmt = select(func.count()).where(subtask_table.c.task_id == task.id, subtask_table.c.step == next_step)
             return int(self._read(lambda conn: conn.execute(stmt).scalar_one()))
 
         existing = count_existing()
-        if existing > len(rows):
-            raise UnstableSubtasksError(f"expected {len(rows)} subtasks for step {next_step}, found {existing}")
+        if existing > len(subtasks):
+            raise UnstableSubtasksError(f"expected {len(subtasks)} subtasks for step {next_step}, found {existing}")
         pos = existing
-        while pos < len(rows):
+        while pos < len(subtasks):
             end, size = pos, 0
-            while end < len(rows) and (end == pos or size + len(rows[end]["meta"]) <= MAX_SUBTASK_BATCH_BYTES):
-                size += len(rows[end]["meta"])
+            while end < len(subtasks) and (end == pos or size + len(subtasks[end].meta) <= MAX_SUBTASK_BATCH_BYTES):
+                size += len(subtasks[end].meta)
                 end += 1
-            batch = rows[pos:end]
+            batch = subtasks[pos:end]
             try:
-                self._write(lambda conn, b=batch: conn.execute(_INSERT_SUBTASKS, b))  # type: ignore[misc]
+                self._write(lambda conn, b=batch: _insert_subtasks(conn, task, next_step, b))  # type: ignore[misc]
                 pos = end
             except sa_exc.IntegrityError:
                 # A concurrent scheduler inserted some of them: skip what exists now.
                 found = count_existing()
-                if found > len(rows) or found <= pos:
+                if found > len(subtasks) or found <= pos:
                     # More rows than planned, or rows that are not a prefix of our plan.
                     raise UnstableSubtasksError(
-                        f"expected {len(rows)} subtasks for step {next_step}, found {found} that do not match"
+                        f"expected {len(subtasks)} subtasks for step {next_step}, found {found} that do not match"
                     ) from None
                 pos = found
         return self._write(lambda conn: _switch_task(conn, task, next_state, next_step))
